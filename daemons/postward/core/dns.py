@@ -1,0 +1,230 @@
+"""Asynchronous DNS for every daemon: aiodns (c-ares) underneath, answers shared through Redis.
+
+A lookup first asks the Redis cache, which every daemon on every host shares, then the
+nameservers. Answers are kept for their own TTL (clamped to the configured bounds); "no such
+name" and "no such record" for ``negative_ttl``; failures and timeouts are never kept. DNS
+trouble is an answer (``rcode`` TIMEOUT, SERVFAIL, ...), never an exception: each caller decides
+what a failed lookup means (for a DNSBL: not listed).
+
+The network side is a :class:`Transport`, passed in; tests use the real one against their own
+unbound and rbldnsd, and may pass another where a fault cannot be produced for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiodns
+import aiodns.error
+import pycares
+
+from postward.core.clock import Clock, SystemClock
+from postward.core.logs import get_log
+from postward.core.metrics import Metrics
+from postward.core.redis_store import RedisStore, StoreUnavailable
+from postward.core.settings import DnsSettings
+
+log = get_log("dns")
+
+# Query types the daemons use; their rdata is rendered as text (TXT strings joined, as DKIM and
+# DNSBL reasons want them).
+RTYPES = ("A", "AAAA", "TXT", "MX", "PTR", "NS", "CNAME")
+
+NOERROR, NXDOMAIN, NODATA = "NOERROR", "NXDOMAIN", "NODATA"
+TIMEOUT, SERVFAIL, REFUSED, ERROR = "TIMEOUT", "SERVFAIL", "REFUSED", "ERROR"
+_CACHEABLE = {NOERROR, NXDOMAIN, NODATA}
+
+_ARES_RCODES = {
+    pycares.errno.ARES_ENOTFOUND: NXDOMAIN,
+    pycares.errno.ARES_ENODATA: NODATA,
+    pycares.errno.ARES_ETIMEOUT: TIMEOUT,
+    pycares.errno.ARES_ESERVFAIL: SERVFAIL,
+    pycares.errno.ARES_EREFUSED: REFUSED,
+    pycares.errno.ARES_ECONNREFUSED: REFUSED,
+}
+
+
+@dataclass(frozen=True)
+class Answer:
+    name: str
+    rtype: str
+    rcode: str
+    records: tuple[str, ...] = ()
+    ttl: int = 0
+    from_cache: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.rcode == NOERROR and bool(self.records)
+
+    @property
+    def definite(self) -> bool:
+        """True when the DNS gave an answer (records or a clear 'none'); False on failure."""
+        return self.rcode in _CACHEABLE
+
+
+class Transport(Protocol):
+    async def query(self, name: str, rtype: str) -> Answer: ...
+
+    async def close(self) -> None: ...
+
+
+def _render(data: Any) -> str:
+    if isinstance(data, (pycares.ARecordData, pycares.AAAARecordData)):
+        return data.addr
+    if isinstance(data, pycares.TXTRecordData):
+        return data.data.decode("utf-8", errors="replace")
+    if isinstance(data, pycares.MXRecordData):
+        return f"{data.priority} {data.exchange.rstrip('.').lower()}"
+    if isinstance(data, pycares.PTRRecordData):
+        return data.dname.rstrip(".").lower()
+    if isinstance(data, pycares.NSRecordData):
+        return data.nsdname.rstrip(".").lower()
+    if isinstance(data, pycares.CNAMERecordData):
+        return data.cname.rstrip(".").lower()
+    return str(data)
+
+
+class AiodnsTransport:
+    """Queries through c-ares. Nameservers are "IP:port" strings (c-ares takes ports per server)."""
+
+    _TYPE_CODES = {t: getattr(pycares, f"QUERY_TYPE_{t}") for t in RTYPES}
+
+    def __init__(self, nameservers: list[str], timeout: float, tries: int) -> None:
+        self._timeout = timeout
+        self._resolver = aiodns.DNSResolver(nameservers=nameservers or None, timeout=timeout,
+                                            tries=tries)
+        self._budget = timeout * tries * max(1, len(nameservers)) + 0.5
+
+    async def query(self, name: str, rtype: str) -> Answer:
+        try:
+            # c-ares has its own timeout; wait_for is the hard stop should it not fire.
+            result = await asyncio.wait_for(self._resolver.query_dns(name, rtype), self._budget)
+        except aiodns.error.DNSError as e:
+            code = e.args[0] if e.args else None
+            return Answer(name, rtype, _ARES_RCODES.get(code, ERROR))
+        except TimeoutError:
+            return Answer(name, rtype, TIMEOUT)
+        want = self._TYPE_CODES[rtype]
+        records = [r for r in result.answer if r.type == want]
+        if not records:
+            return Answer(name, rtype, NODATA)
+        return Answer(name, rtype, NOERROR, tuple(_render(r.data) for r in records),
+                      ttl=min(r.ttl for r in records))
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+class Resolver:
+    def __init__(
+        self,
+        settings: DnsSettings,
+        metrics: Metrics,
+        store: RedisStore | None = None,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store if settings.cache else None
+        self.transport = transport or AiodnsTransport(
+            [str(ns) for ns in settings.nameservers], settings.timeout, settings.tries)
+        self.clock = clock or SystemClock()
+        self._inflight: dict[tuple[str, str], asyncio.Future[Answer]] = {}
+        self._queries = metrics.counter("dns_queries_total",
+                                        "DNS queries sent to nameservers, by type and result",
+                                        ["type", "result"])
+        self._hits = metrics.counter("dns_cache_hits_total",
+                                     "DNS answers served from the shared Redis cache", ["type"])
+        self._misses = metrics.counter("dns_cache_misses_total",
+                                       "DNS lookups not in the Redis cache", ["type"])
+        self._latency = metrics.histogram("dns_query_seconds",
+                                          "Time for a DNS query to the nameservers", ["type"])
+
+    async def query(self, name: str, rtype: str) -> Answer:
+        """Look ``name`` up; concurrent lookups of the same name and type share one query."""
+        if rtype not in RTYPES:
+            raise ValueError(f"unsupported query type {rtype!r}")
+        name = name.rstrip(".").lower()
+        key = (name, rtype)
+        if (pending := self._inflight.get(key)) is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            answer = await self._lookup(name, rtype)
+            fut.set_result(answer)
+            return answer
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # mark retrieved: waiters, if any, get it through shield
+            raise
+        finally:
+            del self._inflight[key]
+
+    async def _lookup(self, name: str, rtype: str) -> Answer:
+        cached = await self._cache_get(name, rtype)
+        if cached is not None:
+            self._hits.labels(rtype).inc()
+            return cached
+        if self.store is not None:
+            self._misses.labels(rtype).inc()
+        start = self.clock.monotonic()
+        answer = await self.transport.query(name, rtype)
+        self._latency.labels(rtype).observe(self.clock.monotonic() - start)
+        self._queries.labels(rtype, answer.rcode).inc()
+        if answer.rcode in (TIMEOUT, SERVFAIL, ERROR):
+            log.info("dns_failure", name=name, type=rtype, result=answer.rcode)
+        await self._cache_put(answer)
+        return answer
+
+    def _keep_for(self, answer: Answer) -> float:
+        s = self.settings
+        ttl = answer.ttl if answer.rcode == NOERROR else s.negative_ttl
+        return min(max(ttl, s.cache_min_ttl), s.cache_max_ttl)
+
+    def _cache_key(self, name: str, rtype: str) -> str:
+        assert self.store is not None
+        return self.store.key("dns", rtype, name)
+
+    async def _cache_get(self, name: str, rtype: str) -> Answer | None:
+        if self.store is None:
+            return None
+        key = self._cache_key(name, rtype)
+        try:
+            raw = await self.store.run("dns_cache_get", lambda c: c.get(key))
+        except StoreUnavailable:
+            return None
+        if raw is None:
+            return None
+        try:
+            entry = json.loads(raw)
+            remaining = max(0, int(entry["exp"] - self.clock.time()))
+            return Answer(name, rtype, entry["rcode"], tuple(entry["records"]), remaining,
+                          from_cache=True)
+        except (ValueError, KeyError, TypeError):
+            log.warning("dns_cache_corrupt", key=key)
+            return None
+
+    async def _cache_put(self, answer: Answer) -> None:
+        if self.store is None or answer.rcode not in _CACHEABLE:
+            return
+        keep = self._keep_for(answer)
+        if keep <= 0:
+            return
+        key = self._cache_key(answer.name, answer.rtype)
+        value = json.dumps({"rcode": answer.rcode, "records": list(answer.records),
+                            "exp": self.clock.time() + keep})
+        # A cache that cannot be written is only a slower cache: the answer stands.
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.run("dns_cache_put",
+                                 lambda c: c.set(key, value, px=max(1, int(keep * 1000))))
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+
