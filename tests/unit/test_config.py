@@ -153,3 +153,13 @@ def test_config_reference_lists_every_key_and_loads_back(tmp_path: Path) -> None
     assert "[redis]" in r.stdout and "key_prefix = postward:" in r.stdout
     # The reference is itself a valid config: every default is spelled as the parser reads it.
     assert load_config(write(tmp_path, r.stdout)) == load_config(write(tmp_path, ""))
+
+
+def test_docs_reference_block_matches_the_code() -> None:
+    """docs/configuration.md shows every key and default: a golden copy of config-reference."""
+    from postward.core.config import describe
+    from postward.schema import SCHEMA
+
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    block = doc.split("```ini\n")[-1].split("```")[0]
+    assert block == describe(SCHEMA), "regenerate: postward config-reference"

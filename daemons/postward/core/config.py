@@ -103,6 +103,8 @@ def describe(schema: Mapping[str, type]) -> str:
                 default = ", ".join(str(d) for d in default)
             elif isinstance(default, bool):
                 default = "yes" if default else "no"
+            elif isinstance(default, float):  # every float setting is a duration
+                default = f"{default:g}s"
             elif default is None:
                 default = ""
             out.append(f"# {f.metadata.get('doc', '')}".rstrip())
