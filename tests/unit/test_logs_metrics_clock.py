@@ -68,6 +68,7 @@ def test_metrics_are_served_over_http_on_loopback() -> None:
     finally:
         m.close()
     assert 'postward_filter_verdicts_total{verdict="spam"} 1.0' in body
+    assert "postward_filter_process_resident_memory_bytes " in body
 
 
 def test_fake_clock_moves_only_forward_when_told() -> None:

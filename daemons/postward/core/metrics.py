@@ -11,7 +11,14 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 from postward.core.config_values import HostPort
 
@@ -27,7 +34,11 @@ class Metrics:
         if not re.fullmatch(r"[a-z][a-z0-9]*", daemon):
             raise ValueError(f"daemon name {daemon!r} must be lowercase letters and digits")
         self.daemon = daemon
-        self.registry = registry if registry is not None else CollectorRegistry()
+        if registry is None:
+            registry = CollectorRegistry()
+            # Memory, CPU, open files of this process, under the daemon's own prefix.
+            ProcessCollector(namespace=f"postward_{daemon}", registry=registry)
+        self.registry = registry
         self._server: Any = None
 
     def name(self, what_unit: str) -> str:
