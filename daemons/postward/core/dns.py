@@ -95,15 +95,24 @@ class AiodnsTransport:
     _TYPE_CODES = {t: getattr(pycares, f"QUERY_TYPE_{t}") for t in RTYPES}
 
     def __init__(self, nameservers: list[str], timeout: float, tries: int) -> None:
+        self._nameservers = nameservers
         self._timeout = timeout
-        self._resolver = aiodns.DNSResolver(nameservers=nameservers or None, timeout=timeout,
-                                            tries=tries)
+        self._tries = tries
+        self._resolver: aiodns.DNSResolver | None = None
         self._budget = timeout * tries * max(1, len(nameservers)) + 0.5
+
+    def _channel(self) -> aiodns.DNSResolver:
+        # Made on first use: c-ares binds to the event loop running at creation.
+        if self._resolver is None:
+            self._resolver = aiodns.DNSResolver(nameservers=self._nameservers or None,
+                                                timeout=self._timeout, tries=self._tries,
+                                                loop=asyncio.get_running_loop())
+        return self._resolver
 
     async def query(self, name: str, rtype: str) -> Answer:
         try:
             # c-ares has its own timeout; wait_for is the hard stop should it not fire.
-            result = await asyncio.wait_for(self._resolver.query_dns(name, rtype), self._budget)
+            result = await asyncio.wait_for(self._channel().query_dns(name, rtype), self._budget)
         except aiodns.error.DNSError as e:
             code = e.args[0] if e.args else None
             return Answer(name, rtype, _ARES_RCODES.get(code, ERROR))
@@ -117,7 +126,9 @@ class AiodnsTransport:
                       ttl=min(r.ttl for r in records))
 
     async def close(self) -> None:
-        await self._resolver.close()
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
 
 
 class Resolver:

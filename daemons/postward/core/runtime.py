@@ -43,7 +43,6 @@ class Runtime:
     @classmethod
     def create(cls, config: Config, daemon: str, clock: Clock | None = None,
                serve_metrics: bool = True) -> Runtime:
-        """Needs a running event loop (the resolver binds to it)."""
         configure_logging(daemon, config.logging.level)
         metrics = Metrics(daemon)
         if serve_metrics and config.metrics.enabled:

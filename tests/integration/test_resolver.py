@@ -1,0 +1,176 @@
+"""The core resolver against real DNS servers (unbound in front of rbldnsd) and a real Redis:
+A and TXT answers from a DNSBL zone, the shared cache, timeouts, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+import redis as sync_redis
+
+from postward.core.clock import FakeClock
+from postward.core.config_values import HostPort
+from postward.core.dns import NOERROR, NXDOMAIN, TIMEOUT, Answer, Resolver
+from postward.core.metrics import Metrics
+from postward.core.redis_store import RedisStore
+from postward.core.settings import DnsSettings, RedisSettings
+from tests.testbed.dns_fixtures import (
+    CLIENT6_LISTED,
+    CLIENT_CLEAN,
+    CLIENT_ON_THREE,
+    DKIM_RECORD,
+)
+from tests.testbed.dns_servers import DnsTestbed
+from tests.testbed.net import free_port
+from tests.testbed.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+LISTED = "66.2.0.192.dnsbl-a.test"  # CLIENT_ON_THREE on dnsbl-a.test, TTL 600
+assert LISTED.startswith(".".join(reversed(CLIENT_ON_THREE.split("."))))
+
+
+def nameserver(bed: DnsTestbed) -> HostPort:
+    return HostPort(bed.address, bed.port)
+
+
+def make_resolver(bed_or_ns: DnsTestbed | HostPort, redis: RedisServer | None,
+                  clock: FakeClock | None = None, **dns: object) -> tuple[Resolver, Metrics]:
+    ns = bed_or_ns if isinstance(bed_or_ns, HostPort) else nameserver(bed_or_ns)
+    settings = replace(DnsSettings(nameservers=(ns,), timeout=1.0), **dns)
+    metrics = Metrics("test")
+    store = None
+    if redis is not None:
+        store = RedisStore.from_settings(
+            RedisSettings(url=redis.url, timeout=0.3, connect_timeout=0.3, retries=0), metrics)
+    return Resolver(settings, metrics, store=store, clock=clock), metrics
+
+
+async def ask(resolver: Resolver, *queries: tuple[str, str]) -> list[Answer]:
+    try:
+        return [await resolver.query(name, rtype) for name, rtype in queries]
+    finally:
+        await resolver.close()
+        if resolver.store is not None:
+            await resolver.store.close()
+
+
+def test_dnsbl_a_and_txt_then_the_second_lookup_comes_from_redis(
+        dns_testbed: DnsTestbed, redis_server: RedisServer) -> None:
+    resolver, metrics = make_resolver(dns_testbed, redis_server)
+    a, txt = asyncio.run(ask(resolver, (LISTED, "A"), (LISTED, "TXT")))
+    assert (a.rcode, a.records, a.from_cache) == (NOERROR, ("127.0.0.2",), False)
+    assert 0 < a.ttl <= 600
+    assert txt.records == (f"Listed by dnsbl-a: {CLIENT_ON_THREE}, "
+                           f"see https://dnsbl-a.test/q?ip={CLIENT_ON_THREE}",)
+    assert metrics.value("postward_test_dns_queries_total",
+                         {"type": "A", "result": "NOERROR"}) == 1
+
+    # The answer is in Redis, kept no longer than its TTL.
+    r = sync_redis.Redis.from_url(redis_server.url)
+    assert 0 < r.pttl(f"postward:dns:A:{LISTED}") <= 600_000
+    r.close()
+
+    # With every DNS server gone, a new resolver (another daemon, another host) still gets the
+    # answer: it can only have come from the shared cache.
+    dns_testbed.stop()
+    other, other_metrics = make_resolver(dns_testbed, redis_server)
+    [again] = asyncio.run(ask(other, (LISTED, "A")))
+    assert (again.rcode, again.records, again.from_cache) == (NOERROR, ("127.0.0.2",), True)
+    assert other_metrics.value("postward_test_dns_cache_hits_total", {"type": "A"}) == 1
+    assert other_metrics.value("postward_test_dns_queries_total",
+                               {"type": "A", "result": "NOERROR"}) == 0
+
+
+def test_cached_ttl_counts_down_with_the_clock(dns_testbed: DnsTestbed,
+                                               redis_server: RedisServer) -> None:
+    clock = FakeClock()
+    first, _ = make_resolver(dns_testbed, redis_server, clock)
+    [fresh] = asyncio.run(ask(first, (LISTED, "A")))
+    clock.advance(100)
+    second, _ = make_resolver(dns_testbed, redis_server, clock)
+    [cached] = asyncio.run(ask(second, (LISTED, "A")))
+    assert cached.from_cache
+    assert cached.ttl == fresh.ttl - 100
+
+
+def test_not_listed_is_cached_for_the_negative_ttl(dns_testbed: DnsTestbed,
+                                                   redis_server: RedisServer) -> None:
+    name = ".".join(reversed(CLIENT_CLEAN.split("."))) + ".dnsbl-a.test"
+    resolver, _ = make_resolver(dns_testbed, redis_server, negative_ttl=42.0)
+    [answer] = asyncio.run(ask(resolver, (name, "A")))
+    assert answer.rcode == NXDOMAIN and answer.definite and not answer.ok
+    r = sync_redis.Redis.from_url(redis_server.url)
+    assert 0 < r.pttl(f"postward:dns:A:{name}") <= 42_000
+    r.close()
+
+
+def test_cache_max_ttl_bounds_what_is_kept(dns_testbed: DnsTestbed,
+                                           redis_server: RedisServer) -> None:
+    resolver, _ = make_resolver(dns_testbed, redis_server, cache_max_ttl=5.0)
+    asyncio.run(ask(resolver, (LISTED, "A")))
+    r = sync_redis.Redis.from_url(redis_server.url)
+    assert 0 < r.pttl(f"postward:dns:A:{LISTED}") <= 5_000
+    r.close()
+
+
+def test_ipv6_client_in_nibble_form(dns_testbed: DnsTestbed) -> None:
+    nibbles = ".".join(reversed(ipaddress.ip_address(CLIENT6_LISTED).exploded.replace(":", "")))
+    resolver, _ = make_resolver(dns_testbed, None)
+    [answer] = asyncio.run(ask(resolver, (f"{nibbles}.dnsbl-a.test", "A")))
+    assert answer.records == ("127.0.0.2",)
+
+
+@pytest.fixture
+def silent_nameserver(loopback: str) -> Iterator[HostPort]:
+    """A UDP socket that receives queries and never answers: a real timeout."""
+    port = free_port(loopback)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((loopback, port))
+        yield HostPort(loopback, port)
+
+
+def test_timeout_is_an_answer_and_is_never_cached(silent_nameserver: HostPort,
+                                                  redis_server: RedisServer) -> None:
+    resolver, metrics = make_resolver(silent_nameserver, redis_server, timeout=0.2)
+    [answer] = asyncio.run(ask(resolver, (LISTED, "A")))
+    assert answer.rcode == TIMEOUT and not answer.definite
+    assert metrics.value("postward_test_dns_queries_total",
+                         {"type": "A", "result": "TIMEOUT"}) == 1
+    r = sync_redis.Redis.from_url(redis_server.url)
+    assert r.exists(f"postward:dns:A:{LISTED}") == 0
+    r.close()
+
+
+def test_redis_down_still_resolves(dns_testbed: DnsTestbed, redis_server: RedisServer) -> None:
+    redis_server.stop()
+    resolver, metrics = make_resolver(dns_testbed, redis_server)
+    [answer] = asyncio.run(ask(resolver, (LISTED, "A")))
+    assert answer.records == ("127.0.0.2",)
+    assert metrics.value("postward_test_redis_errors_total",
+                         {"op": "dns_cache_get", "error": "ConnectionError"}) == 1
+
+
+def test_concurrent_lookups_of_one_name_share_one_query(dns_testbed: DnsTestbed) -> None:
+    resolver, metrics = make_resolver(dns_testbed, None)
+
+    async def many() -> list[Answer]:
+        try:
+            return await asyncio.gather(*(resolver.query(LISTED, "A") for _ in range(20)))
+        finally:
+            await resolver.close()
+
+    answers = asyncio.run(many())
+    assert {a.records for a in answers} == {("127.0.0.2",)}
+    assert metrics.value("postward_test_dns_queries_total",
+                         {"type": "A", "result": "NOERROR"}) == 1
+
+
+def test_dkim_key_txt_longer_than_255_bytes_is_joined(dns_testbed: DnsTestbed) -> None:
+    resolver, _ = make_resolver(dns_testbed, None)
+    [answer] = asyncio.run(ask(resolver, ("sel2048._domainkey.example.test", "TXT")))
+    assert answer.records == (DKIM_RECORD,)
