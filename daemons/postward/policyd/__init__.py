@@ -1,0 +1,1 @@
+"""postward-policyd: a postfwd-compatible policy daemon with DNSBL scoring and greylisting."""

@@ -1,0 +1,3 @@
+from postward.policyd.cli import main
+
+raise SystemExit(main())

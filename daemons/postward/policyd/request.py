@@ -1,0 +1,39 @@
+"""A policy request as the rules see it: Postfix's attributes plus postfwd's derived items."""
+
+from __future__ import annotations
+
+import re
+
+VERSION_ITEM = "postfwd 1.35"  # what rules testing 'version' expect (see docs/policyd.md)
+_ADDRESS = re.compile(r"(.*)@([^@]*)$")
+_MAX_NAME, _MAX_VALUE = 512, 512
+
+
+def parse_attribute(line: str) -> tuple[str, str] | None:
+    """``name=value`` as postfwd reads it: name up to 512 characters, value cut at 512."""
+    m = re.match(r"^([^=]{1,512})=(.{0,512})", line, re.DOTALL)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def with_derived_items(attrs: dict[str, str]) -> dict[str, str]:
+    """postfwd's request preparation: empty sender becomes '<>', then the builtin items.
+
+    Faithful to a Perl detail: a recipient without '@' inherits the sender's local part and
+    domain (postfwd reads $1/$2 of the last successful match)."""
+    request = dict(attrs)
+    if not request.get("sender"):
+        request["sender"] = "<>"
+    derived: dict[str, str] = {"version": VERSION_ITEM}
+    last: tuple[str, str] = ("", "")
+    if m := _ADDRESS.match(request["sender"]):
+        last = (m.group(1), m.group(2))
+    derived["sender_localpart"], derived["sender_domain"] = last
+    if m := _ADDRESS.match(request.get("recipient", "")):
+        last = (m.group(1), m.group(2))
+    derived["recipient_localpart"], derived["recipient_domain"] = last
+    derived["reverse_address"] = ".".join(reversed(request.get("client_address", "").split(".")))
+    for item in ("sender_ns_names", "sender_ns_addrs", "sender_mx_names", "sender_mx_addrs"):
+        derived[item] = derived["sender_domain"]
+    derived["helo_address"] = request.get("helo_name", "")
+    request.update(derived)
+    return request
