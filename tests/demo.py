@@ -1,0 +1,128 @@
+"""The demo: start a real Redis, real DNS (unbound + rbldnsd) and a real Postfix wired with
+postward's snippets, push real mail through them, print what happened, and remove it all.
+
+    bash .ci/setup && .venv/bin/python -m tests.demo
+
+Everything runs on a random private loopback address in a temporary directory; the machine's own
+Postfix, Redis and resolver are never touched. Each daemon adds its own scene as it lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from postward.core.config_values import HostPort
+from postward.core.dns import Resolver
+from postward.core.metrics import Metrics
+from postward.core.redis_store import RedisStore
+from postward.core.settings import DnsSettings, RedisSettings
+from tests.testbed.dns_fixtures import (
+    CLIENT_CLEAN,
+    CLIENT_ON_ONE,
+    CLIENT_ON_THREE,
+    DEFAULT_LOCAL_ZONES,
+    DEFAULT_ZONES,
+    DNSBL_ZONES,
+)
+from tests.testbed.dns_servers import DnsTestbed
+from tests.testbed.mail import make_message, send, smtp_source
+from tests.testbed.net import private_loopback
+from tests.testbed.postfix import PostfixInstance
+from tests.testbed.redis_server import RedisServer
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+@contextmanager
+def started(thing):  # type: ignore[no-untyped-def]
+    thing.start()
+    try:
+        yield thing
+    finally:
+        thing.stop()
+
+
+@contextmanager
+def workspace() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="postward-demo-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def dnsbl_scene(dns: DnsTestbed, redis: RedisServer) -> None:
+    say("== DNSBL lookups through postward's resolver, shared through Redis")
+    settings = DnsSettings(nameservers=(HostPort(dns.address, dns.port),), timeout=2.0)
+    for round_no in (1, 2):
+        metrics = Metrics("demo")
+        store = RedisStore.from_settings(RedisSettings(url=redis.url), metrics)
+        resolver = Resolver(settings, metrics, store=store)
+        try:
+            for client in (CLIENT_ON_THREE, CLIENT_ON_ONE, CLIENT_CLEAN):
+                reverse = ".".join(reversed(client.split(".")))
+                listed, sources = [], set()
+                for zone in DNSBL_ZONES:
+                    a = await resolver.query(f"{reverse}.{zone}", "A")
+                    sources.add("Redis cache" if a.from_cache else "unbound -> rbldnsd")
+                    if a.ok:
+                        listed.append(f"{zone}={a.records[0]}")
+                where = " + ".join(sorted(sources))
+                say(f"  round {round_no}: {client:<15} listed on {len(listed)} "
+                    f"({', '.join(listed) or 'none'})  [from {where}]")
+            hits = metrics.value("postward_demo_dns_cache_hits_total", {"type": "A"})
+            say(f"  round {round_no}: {int(hits)} of 9 answers came from the shared cache")
+        finally:
+            await resolver.close()
+            await store.close()
+    say()
+
+
+def mail_scene(postfix: PostfixInstance) -> None:
+    say("== Mail through a real Postfix")
+    host, port = postfix.smtp_service.rsplit(":", 1)
+    msg = make_message(sender="alice@sender.test", recipients="bob@example.test",
+                       subject="postward demo")
+    result = send(host, int(port), "alice@sender.test", ["bob@example.test"], msg)
+    say(f"  smtplib: RCPT {result.rcpt['bob@example.test'].code}, "
+        f"DATA {result.data.code if result.data else '-'} ({result.queue_id or 'no queue id'})")
+    delivered = postfix.maildir.wait_for(1, timeout=30)
+    say(f"  delivered to {postfix.maildir.root}: Subject: {delivered[0].message['Subject']}")
+    smtp_source(host, int(port), count=20, sessions=2, size=2000,
+                sender="bulk@sender.test", recipient="bob@example.test")
+    postfix.maildir.wait_for(21, timeout=60)
+    say("  smtp-source: 20 more messages over 2 sessions, all 21 delivered")
+    say()
+
+
+def main() -> int:
+    address = private_loopback()
+    say(f"postward demo on private address {address}")
+    say()
+    with workspace() as root, ExitStack() as stack:
+        (root / "redis").mkdir()
+        redis = stack.enter_context(started(RedisServer(root / "redis", address)))
+        say(f"redis-server   {redis.url}")
+        dns = stack.enter_context(started(DnsTestbed(root / "dns", address, DEFAULT_ZONES,
+                                                     DEFAULT_LOCAL_ZONES)))
+        say(f"unbound        {dns.nameserver} (rbldnsd behind it: {', '.join(DNSBL_ZONES)})")
+        postfix = stack.enter_context(started(PostfixInstance(root / "postfix", address)))
+        say(f"postfix        {postfix.smtp_service} delivering example.test to a Maildir")
+        say()
+        asyncio.run(dnsbl_scene(dns, redis))
+        mail_scene(postfix)
+    say("everything stopped and removed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
