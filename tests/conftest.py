@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.testbed.redis_fixtures",
     "tests.testbed.dns_fixtures",
     "tests.testbed.postfix_fixtures",
+    "tests.policyd.daemon_fixture",
 ]
 
 

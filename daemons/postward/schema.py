@@ -11,12 +11,16 @@ from pathlib import Path
 
 from postward.core.config import DEFAULT_PATH, load_sections
 from postward.core.settings import DnsSettings, LoggingSettings, MetricsSettings, RedisSettings
+from postward.policyd.greylist_settings import GreylistSettings
+from postward.policyd.settings import PolicydSettings
 
 SCHEMA: dict[str, type] = {
     "redis": RedisSettings,
     "dns": DnsSettings,
     "metrics": MetricsSettings,
     "logging": LoggingSettings,
+    "policyd": PolicydSettings,
+    "greylist": GreylistSettings,
 }
 
 
@@ -27,6 +31,8 @@ class Config:
     dns: DnsSettings
     metrics: MetricsSettings
     logging: LoggingSettings
+    policyd: PolicydSettings
+    greylist: GreylistSettings
 
 
 def load_config(path: Path = DEFAULT_PATH) -> Config:

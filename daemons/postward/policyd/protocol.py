@@ -1,0 +1,155 @@
+"""Postfix's SMTP access policy delegation protocol: ``name=value`` lines and an empty line in,
+``action=...`` and an empty line out, many requests per connection, many connections at once.
+
+Every request gets an answer: an error of ours (Redis down, a rule that quits, a bug) answers
+the configured default action and is logged and counted. A client that breaks the protocol
+(a line too long, too many attributes, silence past the idle timeout) is logged and
+disconnected; the server goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from postward.core.clock import Clock, SystemClock
+from postward.core.logs import get_log
+from postward.core.metrics import Metrics
+from postward.core.redis_store import StoreUnavailable
+from postward.core.service import InFlight
+from postward.policyd.actions import QuitRequested
+from postward.policyd.engine import Engine
+from postward.policyd.request import parse_attribute
+
+log = get_log("policyd.protocol")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_line_length: int = 8192
+    max_attributes: int = 256
+    idle_timeout: float = 600.0
+    request_budget: float = 10.0
+    default_action: str = "DUNNO"
+
+
+class _Disconnect(Exception):
+    pass
+
+
+def action_class(action: str) -> str:
+    """A low-cardinality label for an answer: its verb, or 4xx/5xx for numeric replies."""
+    word = action.split(None, 1)[0] if action.strip() else "DUNNO"
+    if word[:1].isdigit():
+        return f"{word[0]}xx"
+    return word.upper()
+
+
+class PolicyServer:
+    def __init__(self, engine: Callable[[], Engine], limits: Limits, metrics: Metrics,
+                 inflight: InFlight, clock: Clock | None = None) -> None:
+        self.engine = engine  # a callable: a reload swaps the engine between requests
+        self.limits = limits
+        self.inflight = inflight
+        self.clock = clock or SystemClock()
+        self._requests = metrics.counter(
+            "requests_total", "Policy requests answered, by protocol state and answer",
+            ["state", "action"])
+        self._rule_hits = metrics.counter("rule_hits_total",
+                                          "Requests whose answer came from a rule, by rule id",
+                                          ["rule"])
+        self._errors = metrics.counter(
+            "errors_total", "Requests answered with the default action because of an error, "
+            "and clients disconnected for breaking the protocol, by kind", ["kind"])
+        self._latency = metrics.histogram("decision_seconds",
+                                          "Time from a complete request to its answer")
+        self._connections = metrics.gauge("client_connections", "Open client connections")
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or "unix"
+        self._connections.inc()
+        try:
+            while True:
+                attrs = await self._read_request(reader, peer)
+                if attrs is None:
+                    return
+                if not attrs:
+                    continue  # a stray empty line
+                async with self.inflight.track():
+                    action = await self.answer(attrs)
+                    writer.write(f"action={action}\n\n".encode("utf-8", "surrogateescape"))
+                    await writer.drain()
+        except _Disconnect:
+            pass
+        except (ConnectionError, OSError) as e:
+            log.info("client_gone", peer=str(peer), error=type(e).__name__)
+        finally:
+            self._connections.dec()
+            writer.close()
+
+    async def _read_request(self, reader: asyncio.StreamReader,
+                            peer: object) -> dict[str, str] | None:
+        """The next request's attributes; None at a clean end of the connection."""
+        attrs: dict[str, str] = {}
+        lines = 0
+        while True:
+            try:
+                raw = await asyncio.wait_for(reader.readuntil(b"\n"), self.limits.idle_timeout)
+            except asyncio.IncompleteReadError as e:
+                if e.partial.strip() or attrs:
+                    log.warning("request_truncated", peer=str(peer), attributes=len(attrs))
+                    self._errors.labels("truncated").inc()
+                return None
+            except asyncio.LimitOverrunError:
+                log.warning("line_too_long", peer=str(peer), limit=self.limits.max_line_length)
+                self._errors.labels("line_too_long").inc()
+                raise _Disconnect from None
+            except TimeoutError:
+                log.info("client_idle", peer=str(peer), timeout=self.limits.idle_timeout)
+                raise _Disconnect from None
+            line = raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", "surrogateescape")
+            if not line:
+                return attrs
+            lines += 1
+            if lines > self.limits.max_attributes:
+                log.warning("too_many_attributes", peer=str(peer),
+                            limit=self.limits.max_attributes)
+                self._errors.labels("too_many_attributes").inc()
+                raise _Disconnect
+            pair = parse_attribute(line)
+            if pair is None:
+                log.warning("garbage_line", peer=str(peer), line=line[:100])
+                self._errors.labels("garbage").inc()
+                continue
+            attrs[pair[0]] = pair[1]
+
+    async def answer(self, attrs: dict[str, str]) -> str:
+        start = self.clock.monotonic()
+        state = attrs.get("protocol_state", "").upper()[:20] or "NONE"
+        action, rule = self.limits.default_action, None
+        if attrs.get("request") != "smtpd_access_policy":
+            log.warning("not_a_policy_request", request=attrs.get("request", "")[:100])
+            self._errors.labels("bad_request").inc()
+        else:
+            try:
+                decision = await asyncio.wait_for(self.engine().decide(attrs),
+                                                  self.limits.request_budget)
+                action, rule = decision.action, decision.rule_id
+            except TimeoutError:
+                log.warning("request_budget_exceeded", budget=self.limits.request_budget,
+                            client=attrs.get("client_address", ""))
+                self._errors.labels("budget").inc()
+            except StoreUnavailable:
+                self._errors.labels("redis").inc()  # RedisStore logged the cause
+            except QuitRequested as e:
+                log.error("rule_quit_ignored", code=e.code)
+                self._errors.labels("quit").inc()
+            except Exception:
+                log.exception("decision_failed", client=attrs.get("client_address", ""))
+                self._errors.labels("internal").inc()
+        self._latency.observe(self.clock.monotonic() - start)
+        self._requests.labels(state, action_class(action)).inc()
+        if rule is not None:
+            self._rule_hits.labels(rule).inc()
+        return action
