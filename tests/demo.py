@@ -22,6 +22,8 @@ from postward.core.dns import Resolver
 from postward.core.metrics import Metrics
 from postward.core.redis_store import RedisStore
 from postward.core.settings import DnsSettings, RedisSettings
+from tests.policyd.daemon_fixture import PolicyDaemon
+from tests.policyd.test_postfix_integration import guide_rules_with_greylist, smtp_as
 from tests.testbed.dns_fixtures import (
     CLIENT_CLEAN,
     CLIENT_ON_ONE,
@@ -32,8 +34,9 @@ from tests.testbed.dns_fixtures import (
 )
 from tests.testbed.dns_servers import DnsTestbed
 from tests.testbed.mail import make_message, send, smtp_source
-from tests.testbed.net import private_loopback
+from tests.testbed.net import private_loopback, wait_until
 from tests.testbed.postfix import PostfixInstance
+from tests.testbed.postfix_fixtures import SNIPPETS
 from tests.testbed.redis_server import RedisServer
 
 
@@ -104,6 +107,35 @@ def mail_scene(postfix: PostfixInstance) -> None:
     say()
 
 
+def policyd_scene(root: Path, address: str, redis: RedisServer, dns: DnsTestbed) -> None:
+    say("== postward-policyd behind Postfix, running the guide's postfwd.cf")
+    say("   (test-bed DNSBLs; 'ask(127.0.0.1:10023)' changed to 'greylist()')")
+    (root / "policyd").mkdir()
+    policyd = PolicyDaemon(root / "policyd", address, guide_rules_with_greylist(), redis.url,
+                           dns.nameserver).start()
+    postfix = PostfixInstance(root / "postfix-policyd", address,
+                              snippets=[SNIPPETS / "policyd.main.cf"],
+                              overrides={"postward_policy_service": policyd.service,
+                                         "smtpd_authorized_xclient_hosts": "127.0.0.0/8"},
+                              name="postfix-policyd")
+    try:
+        postfix.start()
+        for client, what in ((CLIENT_ON_THREE, "on 3 DNSBLs"), (CLIENT_ON_ONE, "on 1 DNSBL"),
+                             (CLIENT_CLEAN, "on none")):
+            code, text = smtp_as(postfix, client, "bob@example.test")
+            say(f"  {client:<15} {what:<11} RCPT -> {code} {' '.join(text.split())[:110]}")
+        say("  retrying the greylisted client until the 1 s delay has passed ...")
+        wait_until(lambda: smtp_as(postfix, CLIENT_ON_ONE, "carol@example.test")[0] == 250,
+                   timeout=30, interval=0.5, what="greylisted client accepted")
+        [msg] = postfix.maildir.wait_for(1, timeout=30, recipient="carol@example.test")
+        say(f"  {CLIENT_ON_ONE:<15} accepted on retry; delivered with X-Greylist: "
+            f"{msg.message['X-Greylist']}")
+    finally:
+        postfix.stop()
+        policyd.stop()
+    say()
+
+
 def main() -> int:
     address = private_loopback()
     say(f"postward demo on private address {address}")
@@ -120,6 +152,7 @@ def main() -> int:
         say()
         asyncio.run(dnsbl_scene(dns, redis))
         mail_scene(postfix)
+        policyd_scene(root, address, redis, dns)
     say("everything stopped and removed")
     return 0
 
