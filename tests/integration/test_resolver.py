@@ -174,3 +174,29 @@ def test_dkim_key_txt_longer_than_255_bytes_is_joined(dns_testbed: DnsTestbed) -
     resolver, _ = make_resolver(dns_testbed, None)
     [answer] = asyncio.run(ask(resolver, ("sel2048._domainkey.example.test", "TXT")))
     assert answer.records == (DKIM_RECORD,)
+
+
+def test_each_process_keeps_answers_briefly_in_front_of_redis(
+        dns_testbed: DnsTestbed, redis_server: RedisServer) -> None:
+    clock = FakeClock()
+    resolver, metrics = make_resolver(dns_testbed, redis_server, clock, local_cache_ttl=10.0)
+
+    async def scenario() -> list[Answer]:
+        try:
+            first = await resolver.query(LISTED, "A")
+            second = await resolver.query(LISTED, "A")  # same process: no Redis round trip
+            clock.advance(11)  # past the local TTL: back to Redis (still within the 600 s TTL)
+            third = await resolver.query(LISTED, "A")
+            return [first, second, third]
+        finally:
+            await resolver.close()
+            assert resolver.store is not None
+            await resolver.store.close()
+
+    first, second, third = asyncio.run(scenario())
+    assert not first.from_cache and second.from_cache and third.from_cache
+    assert second.records == third.records == ("127.0.0.2",)
+    assert metrics.value("postward_test_dns_local_cache_hits_total", {"type": "A"}) == 1
+    assert metrics.value("postward_test_dns_cache_hits_total", {"type": "A"}) == 1
+    assert metrics.value("postward_test_dns_queries_total",
+                         {"type": "A", "result": "NOERROR"}) == 1

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import aiodns
@@ -146,11 +147,16 @@ class Resolver:
             [str(ns) for ns in settings.nameservers], settings.timeout, settings.tries)
         self.clock = clock or SystemClock()
         self._inflight: dict[tuple[str, str], asyncio.Future[Answer]] = {}
+        # A small per-process layer in front of Redis: (name, type) -> (answer, expiry).
+        self._local: OrderedDict[tuple[str, str], tuple[Answer, float]] = OrderedDict()
         self._queries = metrics.counter("dns_queries_total",
                                         "DNS queries sent to nameservers, by type and result",
                                         ["type", "result"])
         self._hits = metrics.counter("dns_cache_hits_total",
                                      "DNS answers served from the shared Redis cache", ["type"])
+        self._local_hits = metrics.counter("dns_local_cache_hits_total",
+                                           "DNS answers served from the process's own cache",
+                                           ["type"])
         self._misses = metrics.counter("dns_cache_misses_total",
                                        "DNS lookups not in the Redis cache", ["type"])
         self._latency = metrics.histogram("dns_query_seconds",
@@ -162,12 +168,16 @@ class Resolver:
             raise ValueError(f"unsupported query type {rtype!r}")
         name = name.rstrip(".").lower()
         key = (name, rtype)
+        if (local := self._local_get(key)) is not None:
+            self._local_hits.labels(rtype).inc()
+            return local
         if (pending := self._inflight.get(key)) is not None:
             return await asyncio.shield(pending)
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
             answer = await self._lookup(name, rtype)
+            self._local_put(key, answer)
             fut.set_result(answer)
             return answer
         except BaseException as e:
@@ -192,6 +202,30 @@ class Resolver:
             log.info("dns_failure", name=name, type=rtype, result=answer.rcode)
         await self._cache_put(answer)
         return answer
+
+    def _local_get(self, key: tuple[str, str]) -> Answer | None:
+        entry = self._local.get(key)
+        if entry is None:
+            return None
+        answer, expires = entry
+        remaining = expires - self.clock.time()
+        if remaining <= 0:
+            del self._local[key]
+            return None
+        self._local.move_to_end(key)
+        return replace(answer, ttl=min(answer.ttl, int(remaining)), from_cache=True)
+
+    def _local_put(self, key: tuple[str, str], answer: Answer) -> None:
+        s = self.settings
+        if s.local_cache_ttl <= 0 or s.local_cache_size <= 0 or not answer.definite:
+            return
+        keep = min(self._keep_for(answer), s.local_cache_ttl)
+        if keep <= 0:
+            return
+        self._local[key] = (answer, self.clock.time() + keep)
+        self._local.move_to_end(key)
+        while len(self._local) > s.local_cache_size:
+            self._local.popitem(last=False)
 
     def _keep_for(self, answer: Answer) -> float:
         s = self.settings

@@ -71,6 +71,11 @@ class DnsSettings:
                                    "keep answers at most this long")
     negative_ttl: float = setting(300.0, v.duration(0, 86400),
                                   "how long 'no such name' is kept (most DNSBL answers)")
+    local_cache_ttl: float = setting(10.0, v.duration(0, 3600),
+                                     "also keep answers in each process this long at most "
+                                     "(saves a Redis round trip per lookup); 0: off")
+    local_cache_size: int = setting(20000, v.integer(0, 10_000_000),
+                                    "answers kept in each process at most")
 
     def check(self) -> list[tuple[str, str]]:
         if self.cache_max_ttl < self.cache_min_ttl:
