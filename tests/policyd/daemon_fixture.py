@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class PolicyDaemon:
     def __init__(self, directory: Path, address: str, rules: str, redis_url: str,
-                 nameserver: str | None, extra: str = "") -> None:
+                 nameserver: str | None, extra: str = "", workers: int = 1,
+                 metrics_port: int | None = None) -> None:
         self.directory = directory
         self.address = address
         self.port = free_port(address)
@@ -32,10 +33,11 @@ class PolicyDaemon:
         self.config.write_text(
             f"[redis]\nurl = {redis_url}\ntimeout = 300ms\nconnect_timeout = 300ms\n"
             f"retries = 0\n\n{dns}\n"
-            f"[metrics]\nenabled = no\n\n"
+            + (f"[metrics]\npolicyd = {address}:{metrics_port}\n\n" if metrics_port
+               else "[metrics]\nenabled = no\n\n") +
             f"[policyd]\nlisten = {address}:{self.port} unix:{self.socket_path}\n"
             f"rules = {self.rules}\nnodns = {'no' if nameserver else 'yes'}\n"
-            f"request_budget = 5s\n\n"
+            f"request_budget = 5s\nworkers = {workers}\n\n"
             f"[greylist]\ndelay = 1s\nwhitelist_clients =\nwhitelist_recipients =\n"
             f"hostname = mx.test\n{extra}")
         self.process = ManagedProcess(
@@ -102,11 +104,12 @@ def make_policyd(testbed_dir: Path, loopback: str) -> Iterator:
     started: list[PolicyDaemon] = []
 
     def make(rules: str, redis: RedisServer, dns: DnsTestbed | None = None,
-             extra: str = "") -> PolicyDaemon:
+             extra: str = "", workers: int = 1, metrics_port: int | None = None
+             ) -> PolicyDaemon:
         d = testbed_dir / f"policyd{len(started)}"
         d.mkdir()
         daemon = PolicyDaemon(d, loopback, rules, redis.url, dns.nameserver if dns else None,
-                              extra)
+                              extra, workers, metrics_port)
         started.append(daemon)
         return daemon.start()
 

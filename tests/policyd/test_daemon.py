@@ -113,3 +113,49 @@ def test_bad_rule_file_at_start_names_file_and_line(tmp_path) -> None:
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert f"{rules}:3: undefined macro '&&UNDEF'" in r.stderr
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def test_workers_share_the_sockets_sum_their_metrics_and_are_restarted(
+        make_policyd, redis_server: RedisServer, loopback: str) -> None:
+    import os
+    import urllib.request
+
+    from tests.testbed.net import free_port
+
+    metrics_port = free_port(loopback)
+    d = make_policyd(RULES, redis_server, workers=2, metrics_port=metrics_port)
+    workers = wait_until(lambda: len(_children(d.process.pid)) == 2 and _children(d.process.pid),
+                         what="two workers")
+    [req] = requests_for(["192.0.2.9"])
+    for _ in range(20):  # separate connections: the kernel spreads them over the workers
+        assert d.ask(req) == ["REJECT listed 192.0.2.9"]
+    assert d.ask(req, unix=True) == ["REJECT listed 192.0.2.9"]
+
+    def rejects_counted() -> bool:
+        body = urllib.request.urlopen(f"http://{loopback}:{metrics_port}/metrics",
+                                      timeout=5).read().decode()
+        return 'postward_policyd_requests_total{action="REJECT",state="RCPT"} 21.0' in body
+
+    wait_until(rejects_counted, what="both workers' requests summed in one /metrics")
+
+    os.kill(workers[0], signal.SIGKILL)  # a worker dies: the supervisor starts another
+    wait_until(lambda: len(_children(d.process.pid)) == 2
+               and workers[0] not in _children(d.process.pid), what="worker restarted")
+    assert d.ask(req) == ["REJECT listed 192.0.2.9"]
+    assert "event=worker_died" in d.process.log_tail(50)
+
+    d.rules.write_text(RULES + "garbage line\n")
+    d.process.signal(signal.SIGHUP)  # checked once by the supervisor, workers keep their rules
+    wait_until(lambda: "event=reload_kept_running_config" in d.process.log_tail(50),
+               what="rejected reload")
+    assert d.ask(req) == ["REJECT listed 192.0.2.9"]
+    assert d.stop() == 0

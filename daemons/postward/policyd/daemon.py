@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from postward.policyd.engine import Engine
 from postward.policyd.protocol import Limits, PolicyServer
 from postward.policyd.ratelimit import RedisRates
 from postward.policyd.ruleset import Ruleset, load_ruleset
+from postward.policyd.workers import bind_listeners, supervise
 from postward.schema import Config, load_config
 
 log = get_log("policyd")
@@ -48,8 +50,10 @@ class _Greylisting:
 
 
 class PolicyDaemon:
-    def __init__(self, loaded: Loaded, runtime: Runtime) -> None:
+    def __init__(self, loaded: Loaded, runtime: Runtime,
+                 listeners: list[socket.socket] | None = None) -> None:
         self.runtime = runtime
+        self.listeners = listeners  # None: bind them at start
         self.inflight = InFlight()
         self.servers: list[asyncio.Server] = []
         self.greylisting = self._make_greylisting(loaded.config)
@@ -79,21 +83,18 @@ class PolicyDaemon:
         self.engine = Engine(loaded.ruleset, dns, actions, self.runtime.clock)
 
     async def start(self) -> None:
-        for address in self.config.policyd.listen:
-            if address.startswith("unix:"):
-                path = address[5:]
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)  # a socket left by a crash
-                server = await asyncio.start_unix_server(
-                    self.server.handle, path, limit=self.limits.max_line_length)
-                os.chmod(path, 0o660)  # Postfix reaches it through the socket's group
+        if self.listeners is None:
+            self.listeners = bind_listeners(self.config.policyd.listen)
+        for sock in self.listeners:
+            if sock.family == socket.AF_UNIX:
+                server = await asyncio.start_unix_server(self.server.handle, sock=sock,
+                                                         limit=self.limits.max_line_length)
             else:
-                host, port = address.rsplit(":", 1)
-                server = await asyncio.start_server(
-                    self.server.handle, host.strip("[]"), int(port),
-                    limit=self.limits.max_line_length, reuse_address=True)
+                server = await asyncio.start_server(self.server.handle, sock=sock,
+                                                    limit=self.limits.max_line_length)
             self.servers.append(server)
-            log.info("listening", address=address, rules=len(self.engine.ruleset.rules))
+        log.info("listening", addresses=" ".join(self.config.policyd.listen),
+                 rules=len(self.engine.ruleset.rules), pid=os.getpid())
 
     async def close_listeners(self) -> None:
         for server in self.servers:
@@ -141,9 +142,18 @@ def run_daemon(config_path: Path) -> int:
             print(problem, flush=True, file=sys.stderr)
         return 2
 
-    async def main() -> int:
-        runtime = Runtime.create(loaded.config, "policyd")
-        daemon = PolicyDaemon(loaded, runtime)
-        return await serve(daemon, daemon.inflight, lambda: load(config_path))
+    def run_worker(listeners: list[socket.socket] | None, serve_metrics: bool = True) -> int:
+        async def main() -> int:
+            runtime = Runtime.create(loaded.config, "policyd", serve_metrics=serve_metrics)
+            daemon = PolicyDaemon(loaded, runtime, listeners)
+            return await serve(daemon, daemon.inflight, lambda: load(config_path))
 
-    return asyncio.run(main())
+        return asyncio.run(main())
+
+    p, m = loaded.config.policyd, loaded.config.metrics
+    if p.workers <= 1:
+        return run_worker(None)
+    return supervise(p.workers, bind_listeners(p.listen),
+                     lambda socks: run_worker(socks, serve_metrics=False),
+                     lambda: load(config_path), m.policyd if m.enabled else None,
+                     loaded.config.logging.level)

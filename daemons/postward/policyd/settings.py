@@ -41,6 +41,9 @@ class PolicydSettings:
     idle_timeout: float = setting(600.0, v.duration(1, 86400),
                                   "close a connection idle this long (Postfix's own "
                                   "smtpd_policy_service_max_idle is 300s)")
+    workers: int = setting(1, v.integer(1, 64),
+                           "processes answering on the same sockets (one per core is right "
+                           "for a busy MX: all state is in Redis)")
     max_wait: float = setting(30.0, v.duration(0, 300), "longest a wait() action sleeps")
     allow_non_loopback: bool = setting(False, v.boolean,
                                        "allow listening on a non-loopback address")
