@@ -18,6 +18,7 @@ from postward.core.runtime import Runtime, load_config_or_exit
 from postward.core.service import InFlight, serve
 from postward.policyd.actions import Actions
 from postward.policyd.ask import ask_policy_server
+from postward.policyd.dnsbl import DnsblMetrics
 from postward.policyd.engine import Engine
 from postward.policyd.protocol import Limits, PolicyServer
 from postward.policyd.ratelimit import RedisRates
@@ -57,6 +58,7 @@ class PolicyDaemon:
         self.inflight = InFlight()
         self.servers: list[asyncio.Server] = []
         self.greylisting = self._make_greylisting(loaded.config)
+        self.dnsbl_metrics = DnsblMetrics(runtime.metrics)
         self._apply(loaded)
         self.server = PolicyServer(lambda: self.engine, self.limits, runtime.metrics,
                                    self.inflight, runtime.clock)
@@ -80,7 +82,8 @@ class PolicyDaemon:
         actions = Actions(RedisRates(self.runtime.store), ask_policy_server, self.greylisting,
                           max_wait=p.max_wait)
         dns = None if p.nodns else _Budgeted(self.runtime.resolver, p.dns_budget)
-        self.engine = Engine(loaded.ruleset, dns, actions, self.runtime.clock)
+        self.engine = Engine(loaded.ruleset, dns, actions, self.runtime.clock,
+                             dnsbl_metrics=self.dnsbl_metrics)
 
     async def start(self) -> None:
         if self.listeners is None:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from postward.core.dns import Answer
+from postward.core.metrics import Metrics
 from postward.policyd import perl
 from postward.policyd.ruleset import LIVE_LIST, Rule, deneg
-from postward.policyd.substitute import uniq
 
 DEFAULT_ANSWER = r"^127\."
 
@@ -26,14 +27,71 @@ class DnsLookups(Protocol):
     async def query(self, name: str, rtype: str) -> Answer: ...
 
 
-def _split_spec(spec: str) -> tuple[str, str, str]:
+@dataclass(frozen=True)
+class ListSpec:
+    """One list of a rule: ``zone[/regex[/maxcache]]`` (postfwd) or
+    ``zone[=filter][*weight]`` (Postfix's postscreen_dnsbl_sites)."""
+
+    zone: str
+    answer_regex: str = DEFAULT_ANSWER
+    answer_filter: str = ""  # postscreen form, e.g. 127.0.0.[2..11]
+    weight: float = 1.0
+
+    def matches(self, address: str) -> bool:
+        if self.answer_filter:
+            return _filter_matches(self.answer_filter, address)
+        pattern = perl.regex_cs(self.answer_regex)
+        return pattern is not None and pattern.search(address) is not None
+
+
+_POSTSCREEN = re.compile(r"^([^=*/]+)(?:=([0-9.\[\]]+))?(?:\*(-?\d+))?$")
+
+
+def parse_spec(spec: str) -> ListSpec:
+    if ("=" in spec or "*" in spec) and (m := _POSTSCREEN.match(spec)):
+        return ListSpec(m.group(1), answer_filter=m.group(2) or "",
+                        weight=float(m.group(3)) if m.group(3) else 1.0)
     parts = spec.split("/")
     while parts and parts[-1] == "":
         parts.pop()
     zone = parts[0] if parts else ""
     answer = parts[1] if len(parts) > 1 and parts[1] else DEFAULT_ANSWER
-    maxcache = parts[2] if len(parts) > 2 and parts[2] else "3600"
-    return zone, answer, maxcache
+    return ListSpec(zone, answer_regex=answer)
+
+
+_OCTET = re.compile(r"\[\d+\.\.\d+\]|\d+")
+
+
+def _filter_matches(pattern: str, address: str) -> bool:
+    """postscreen's reply filter: four octets, each a number or a [low..high] range."""
+    want, got = _OCTET.findall(pattern), address.split(".")
+    if len(want) != 4 or len(got) != 4:
+        return False
+    for w, g in zip(want, got, strict=True):
+        if not g.isdigit():
+            return False
+        if m := re.fullmatch(r"\[(\d+)\.\.(\d+)\]", w):
+            if not int(m.group(1)) <= int(g) <= int(m.group(2)):
+                return False
+        elif w != g:
+            return False
+    return True
+
+
+class DnsblMetrics:
+    """Per-list counters (the lists come from the rule files: bounded)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.queries = metrics.counter("dnsbl_queries_total", "DNSBL/RHSBL lookups, by list",
+                                       ["list"])
+        self.hits = metrics.counter("dnsbl_hits_total",
+                                    "Lookups that found the subject listed (answer filter "
+                                    "matched), by list", ["list"])
+        self.timeouts = metrics.counter("dnsbl_timeouts_total",
+                                        "Lookups that timed out or failed (counted as not "
+                                        "listed), by list", ["list"])
+        self.cache_hits = metrics.counter("dnsbl_cache_hits_total",
+                                          "Lookups answered from a cache, by list", ["list"])
 
 
 def rbl_subject(client_address: str, reverse_address: str) -> str:
@@ -59,6 +117,13 @@ _UNUSABLE = {"client_name": "unknown", "reverse_client_name": "unknown", "sender
 class DnsblResults:
     a: dict[str, list[str]] = field(default_factory=dict)
     txt: dict[str, str] = field(default_factory=dict)
+    metrics: DnsblMetrics | None = None
+    weights: dict[str, float] = field(default_factory=dict)  # listed zone -> weight
+
+    @property
+    def score(self) -> float:
+        """The postscreen-style score: the weights of the lists the subject is on."""
+        return sum(self.weights.values())
 
     @staticmethod
     def subject(key: str, request: Mapping[str, str]) -> str:
@@ -77,19 +142,22 @@ class DnsblResults:
         return item is not None and request.get(item, "") == _UNUSABLE[item]
 
     def check(self, key: str, spec: str, subject: str, dnsbl_text: list[str]) -> bool:
-        """postfwd's rbl_check: listed with an answer matching the list's regex."""
-        zone, answer, _ = _split_spec(spec)
-        name = f"{subject}.{zone}"
-        pattern = perl.regex_cs(answer)
-        for address in self.a.get(name.lower(), []):
-            if address and pattern is not None and pattern.search(address):
-                dnsbl_text.append(f"{key}:{zone}:<{self.txt.get(name.lower(), '')}>")
+        """postfwd's rbl_check: listed with an answer matching the list's filter."""
+        ls = parse_spec(spec)
+        name = f"{subject}.{ls.zone}".lower()
+        for address in self.a.get(name, []):
+            if address and ls.matches(address):
+                dnsbl_text.append(f"{key}:{ls.zone}:<{self.txt.get(name, '')}>")
+                self.weights[ls.zone.lower()] = ls.weight
+                if self.metrics is not None:
+                    self.metrics.hits.labels(ls.zone.lower()).inc()
                 return True
         return False
 
 
-def _queries(rule: Rule, request: Mapping[str, str]) -> list[str]:
-    names: list[str] = []
+def _queries(rule: Rule, request: Mapping[str, str]) -> dict[str, str]:
+    """Query name -> list zone, for every list of the rule that applies to the request."""
+    names: dict[str, str] = {}
     for key in rule.dnsbl_keys:
         item = _SUBJECT_ITEM.get(key)
         if key == "rbl":
@@ -101,22 +169,31 @@ def _queries(rule: Rule, request: Mapping[str, str]) -> list[str]:
         for cond in rule.items[key]:
             if LIVE_LIST.match(cond.value):
                 continue
-            zone = _split_spec(deneg(cond.value) or cond.value)[0]
+            zone = parse_spec(deneg(cond.value) or cond.value).zone.lower()
             if zone and subject:
-                names.append(f"{subject}.{zone}".lower())
-    return uniq(names)
+                names.setdefault(f"{subject}.{zone}".lower(), zone)
+    return names
 
 
 async def run_dnsbl_queries(dns: DnsLookups, rule: Rule, request: Mapping[str, str],
-                            budget: float | None = None) -> DnsblResults:
+                            budget: float | None = None,
+                            metrics: DnsblMetrics | None = None) -> DnsblResults:
     """A queries for every list of the rule at once, then TXT for the listed ones."""
-    results = DnsblResults()
+    results = DnsblResults(metrics=metrics)
     names = _queries(rule, request)
     if not names:
         return results
 
     async def a(name: str) -> None:
+        zone = names[name]
+        if metrics is not None:
+            metrics.queries.labels(zone).inc()
         answer = await dns.query(name, "A")
+        if metrics is not None:
+            if answer.from_cache:
+                metrics.cache_hits.labels(zone).inc()
+            if not answer.definite:
+                metrics.timeouts.labels(zone).inc()
         results.a[name] = list(answer.records) if answer.ok else []
 
     async def txt(name: str) -> None:

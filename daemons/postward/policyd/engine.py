@@ -17,7 +17,13 @@ from typing import Protocol
 from postward.core.clock import Clock, SystemClock
 from postward.core.logs import get_log
 from postward.policyd import compare, perl
-from postward.policyd.dnsbl import DnsblResults, DnsLookups, dns_item_values, run_dnsbl_queries
+from postward.policyd.dnsbl import (
+    DnsblMetrics,
+    DnsblResults,
+    DnsLookups,
+    dns_item_values,
+    run_dnsbl_queries,
+)
 from postward.policyd.lists import LiveLists
 from postward.policyd.request import with_derived_items
 from postward.policyd.ruleset import COMMAND, DNSBL_KEYS, LIVE_LIST, Cond, Rule, Ruleset, deneg
@@ -58,6 +64,8 @@ class Engine:
         actions: ActionRunner,
         clock: Clock | None = None,
         scores: Mapping[str, str] | None = None,
+        dnsbl_metrics: DnsblMetrics | None = None,
+        dns_budget: float | None = None,
     ) -> None:
         self.ruleset = ruleset
         self.dns = dns  # None: --nodns
@@ -66,6 +74,8 @@ class Engine:
         # score thresholds: -s options and score= items; postfwd keeps them for the process
         self.scores: dict[str, str] = dict(DEFAULT_SCORES if scores is None else scores)
         self.live_lists = LiveLists()
+        self.dnsbl_metrics = dnsbl_metrics
+        self.dns_budget = dns_budget
 
     async def decide(self, attrs: Mapping[str, str]) -> Decision:
         ev = Evaluation(request=with_derived_items(dict(attrs)), orig=dict(attrs),
@@ -74,6 +84,7 @@ class Engine:
         date = ",".join(str(x) for x in _localtime(ev.now))
         action, matched_id, hits = DEFAULT_ACTION, None, []
         request["matches"] = request["rblcount"] = request["rhsblcount"] = "0"
+        request["dnsbl_score"] = "0"
         rules = self.ruleset.rules
         while ev.index < len(rules):
             rule = rules[ev.index]
@@ -127,8 +138,12 @@ class Engine:
             matched += res
         if self.dns is None or not rule.dnsbl_keys:
             return matched, 0, 0
-        results = await run_dnsbl_queries(self.dns, rule, request)
-        return await self._compare_dnsbl(rule, ev, results, matched)
+        results = await run_dnsbl_queries(self.dns, rule, request, self.dns_budget,
+                                          self.dnsbl_metrics)
+        outcome = await self._compare_dnsbl(rule, ev, results, matched)
+        # postward's addition: postscreen-style weighted score of this rule's lists
+        request["dnsbl_score"] = perl.num_str(results.score)
+        return outcome
 
     async def _compare_dnsbl(self, rule: Rule, ev: Evaluation, results: DnsblResults,
                              matched: float) -> tuple[float, float, float]:
