@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -38,7 +39,8 @@ def testbed_root() -> Iterator[Path]:
 @pytest.fixture
 def testbed_dir(testbed_root: Path, request: pytest.FixtureRequest) -> Path:
     """A fresh, world-traversable directory for one test."""
-    d = Path(tempfile.mkdtemp(prefix=request.node.name[:40].replace("/", "_") + "-",
-                              dir=testbed_root))
+    # Only safe characters: Redis and unbound read their config paths as glob patterns.
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name[:40])
+    d = Path(tempfile.mkdtemp(prefix=safe + "-", dir=testbed_root))
     d.chmod(0o755)
     return d

@@ -1,5 +1,6 @@
-"""postgrey's whitelist files: Debian's own load cleanly, and every line form matches as in
-postgrey 1.37's read_clients_whitelists / read_recipients_whitelists (quirks included)."""
+"""Greylisting without Redis: postgrey's whitelist files (Debian's own load cleanly, every line
+form matches as in postgrey 1.37's read_clients_whitelists / read_recipients_whitelists, quirks
+included), sender normalisation and the [greylist] section."""
 
 from __future__ import annotations
 
@@ -9,11 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from postward.core.config import describe, section_from_raw
+from postward.core.config_file import parse_ini
 from postward.core.logs import configure_logging
+from postward.policyd.greylist import normalise_sender
 from postward.policyd.greylist_lists import GreylistLists
-from postward.policyd.greylist_settings import DEBIAN_CLIENT_FILES, DEBIAN_RECIPIENT_FILES
+from postward.policyd.greylist_settings import (
+    DEBIAN_CLIENT_FILES,
+    DEBIAN_RECIPIENT_FILES,
+    GreylistSettings,
+)
 
 DEBIAN_CLIENTS = Path(DEBIAN_CLIENT_FILES[0])
+DAY = 86400
 
 
 def clients(text: str) -> GreylistLists:
@@ -210,3 +219,72 @@ def test_bad_recipient_lines_are_skipped() -> None:
     assert [(p.line, "look like an address" in p.message or "regular" in p.message)
             for p in lists.problems] == [(2, True), (3, True)]
     assert lists.recipient_match("abuse@example.com") is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Sender normalisation (postgrey's do_sender_substitutions)
+
+
+@pytest.mark.parametrize(("sender", "normalised"), [
+    ("alice@sender.test", "alice@sender.test"),
+    ("", ""),  # the null sender
+    ("no-domain", "no-domain"),
+    ("bob+list-42@lists.test", "bob@lists.test"),  # extension stripped before anything else
+    ("bounce-1234-56@lists.test", "bounce-#-#@lists.test"),  # VERP numbers folded
+    ("news2024@shop.test", "news2024@shop.test"),  # digits inside a word stay
+    ("a.123.b_4@x.test", "a.#.b_4@x.test"),  # '_' is a word character (\b)
+    ("prvs=0123456789=bob@batv.test", "bob@batv.test"),  # BATV, standard order
+    ("prvs=bob=0123abcdef@batv.test", "bob@batv.test"),  # the order seen in the wild
+    ("prvs=newsletters=abcdefghij@batv.test", "abcdefghij@batv.test"),  # both look like tags
+    ("prvs=0123456789=@batv.test", "prvs=#=@batv.test"),  # two parts: no BATV, digits folded
+    ("PRVS=0123456789=bob@batv.test", "PRVS=#=bob@batv.test"),  # case-sensitive prefix
+    ("SRS0=HHH=TT=orig.test=user@fwd.test", "SRS0=HHH=TT=orig.test=user@fwd.test"),  # no SRS
+    ("a@b@c", "a@b@c"),
+])
+def test_sender_normalisation(sender: str, normalised: str) -> None:
+    assert normalise_sender(sender) == normalised
+
+
+# --------------------------------------------------------------------------------------------
+# The [greylist] section
+
+
+def section(text: str) -> tuple[GreylistSettings | None, list[str]]:
+    raw = parse_ini("[greylist]\n" + text, "postward.conf")
+    built, problems = section_from_raw(GreylistSettings, raw["greylist"], "greylist")
+    return built, [str(p) for p in problems]
+
+
+def test_settings_defaults_are_postgreys() -> None:
+    s = GreylistSettings()
+    assert (s.delay, s.max_age, s.retry_window, s.auto_whitelist_clients) == (
+        300, 35 * DAY, 2 * DAY, 5)
+    assert (s.lookup_by_subnet, s.ipv4cidr, s.ipv6cidr) == (True, 24, 64)
+    assert s.greylist_action == "DEFER_IF_PERMIT"
+
+
+def test_config_reference_reads_back_to_the_defaults() -> None:
+    reference = describe({"greylist": GreylistSettings})
+    assert "delay = 5m\n" in reference and "max_age = 35d\n" in reference
+    built, problems = section("\n".join(reference.splitlines()[1:]))
+    assert problems == [] and built == GreylistSettings()
+
+
+def test_settings_values_and_errors() -> None:
+    built, problems = section("delay = 2m\nretry_window = 6h\nmax_age = 10d\n"
+                              "greylist_text = Try again in %s seconds; see %r\n")
+    assert problems == [] and built is not None
+    assert (built.delay, built.retry_window, built.max_age) == (120, 6 * 3600, 10 * DAY)
+    assert built.greylist_text == "Try again in %s seconds; see %r"
+    _, problems = section("delay = 1.5s\nx_greylist_header = no header here\n"
+                          "whitelist_clients = relative/file\n")
+    assert problems == [
+        "postward.conf:2: [greylist] delay: must be a whole number of seconds, got 1.5s",
+        "postward.conf:3: [greylist] x_greylist_header: must be a header, 'Name: value', "
+        "got 'no header here'",
+        "postward.conf:4: [greylist] whitelist_clients: expected an absolute path, "
+        "got 'relative/file'",
+    ]
+    _, problems = section("delay = 1h\nretry_window = 30m\n")
+    assert problems == ["postward.conf:3: [greylist] retry_window: must be longer than delay "
+                        "(1h), or no mail could ever pass"]

@@ -48,12 +48,13 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 # KEYS: triplet, client (auto-whitelist). ARGV: now, delay, retry_window, max_age, awl_clients,
-# margin. Returns {status, first, newly_auto_whitelisted}; status 0: client auto-whitelisted,
-# 1: too early (greylist), 2: passed now for the first time, 3: passed before.
+# margin, AWL_INTERVAL. Returns {status, first, newly_auto_whitelisted}; status 0: client
+# auto-whitelisted, 1: too early (greylist), 2: passed now for the first time, 3: passed before.
 # Values are "first,last" (triplet) and "count,last" (client), as in postgrey's databases.
 _SCRIPT = """
 local now, delay, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_age, awl, margin = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local interval = tonumber(ARGV[7])
 local function pair(key)
   local v = redis.call('GET', key)
   if not v then return nil end
@@ -66,7 +67,7 @@ if awl > 0 then
   awl_count, awl_last = pair(KEYS[2])
   if awl_last and now - awl_last > max_age then awl_count, awl_last = nil, nil end
   if awl_count and awl_count >= awl then
-    if now >= awl_last + 3600 or awl_last > now then
+    if now >= awl_last + interval or awl_last > now then
       redis.call('SET', KEYS[2], (awl_count + 1) .. ',' .. now, 'EX', max_age + margin)
     end
     return {0, 0, 0}
@@ -90,7 +91,7 @@ redis.call('SET', KEYS[1], first .. ',' .. now, 'EX', ttl + margin)
 local diff = delay - (now - first)
 local listed = 0
 if awl > 0 and diff <= 0 and not passed_before then
-  if not awl_last or now >= awl_last + 3600 then
+  if not awl_last or now >= awl_last + interval then
     awl_count = (awl_count or 0) + 1
     redis.call('SET', KEYS[2], awl_count .. ',' .. now, 'EX', max_age + margin)
     if awl_count == awl then listed = 1 end
@@ -224,7 +225,8 @@ class Greylister:
             "utf-8", "surrogateescape")).hexdigest()[:32]
         keys = [self.store.key("grey", "triplet", digest),
                 self.store.key("grey", "client", str(address))]
-        args = [now, s.delay, s.retry_window, s.max_age, s.auto_whitelist_clients, TTL_MARGIN]
+        args = [now, s.delay, s.retry_window, s.max_age, s.auto_whitelist_clients, TTL_MARGIN,
+                AWL_INTERVAL]
         status, first, listed = await self.store.run(
             "greylist", lambda c: self._script(keys=keys, args=args, client=c))
         if listed:
