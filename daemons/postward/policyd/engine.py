@@ -102,7 +102,8 @@ class Engine:
                     matched_id = rule.id
                     break
             ev.index += 1
-        return Decision(action or DEFAULT_ACTION, matched_id, hits)
+        # postfwd: an answer Perl takes as false ("", "0") becomes the default
+        return Decision(action if perl.truthy(action) else DEFAULT_ACTION, matched_id, hits)
 
     def _substitute_action(self, action: str, ev: Evaluation) -> str:
         return devar(action, "action", ev.request, ev.dnsbl_text) or action

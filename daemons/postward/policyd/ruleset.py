@@ -24,10 +24,14 @@ from postward.core.config_file import ConfigError, Problem
 
 SEPARATOR = r"[=~<>]=|[<>]|[=!][=~<>]|="
 _SEPARATOR_RE = re.compile(SEPARATOR)
-# postfwd's validity check, rewritten without its nested quantifier (same language: each value
-# is a run without ';' starting with a non-space) so a long bad line cannot take exponential time.
-_ITEM = rf"[^=\s]+\s*(?:{SEPARATOR})\s*[^;\s][^;]*"
-_VALID_LINE = re.compile(rf"^\s*{_ITEM}(?:;\s*{_ITEM})*[;\s]*$")
+# postfwd's validity check, as it really behaves: postfwd interpolates its separator pattern
+# without brackets, so the check is an alternation that any line holding '<', '>', '==', '!=',
+# '=~'... passes. Its nested quantifier ([^;\s]+\s*)+ is written here as the equal language
+# [^;\s][^;]*, so a long bad line cannot take exponential time.
+_V = r"[^;\s][^;]*"
+_VALID_LINE = re.compile(
+    rf"^\s*[^=\s]+\s*[=~<>]=|[<>]|[=!][=~<>]"
+    rf"|=\s*{_V}(?:;\s*[^=\s]+\s*[=~<>]=|[<>]|[=!][=~<>]|=\s*{_V})*[;\s]*$")
 _SPLIT_ITEM = re.compile(rf"^\s*(.*?)\s*({SEPARATOR})\s*(.*?)\s*$", re.DOTALL)
 _MACRO_DEF = re.compile(r"^\s*(&&[-\w]+)\s*\{\s*(.*?)\s*;?\s*\}[\s;]*$", re.DOTALL)
 _MACRO_USE = re.compile(r"&&[-\w]+")
@@ -175,7 +179,7 @@ class RulesetReader:
         raise _LineError("macros expand without end (a macro uses itself?)")
 
     def _parse_rule(self, line: str, path: str, number: int) -> Rule:
-        if not _VALID_LINE.match(line):
+        if not _VALID_LINE.search(line):
             raise _LineError(f"not a rule: expected 'item=value; ...; action=...', got "
                              f"{line.strip()[:80]!r} (postfwd would ignore this line)")
         index = len(self.rules)
@@ -186,8 +190,10 @@ class RulesetReader:
         for part in parts:
             m = _SPLIT_ITEM.match(part)
             if m is None:
-                raise _LineError(f"empty item {part!r} after ';' (postfwd would keep the rule "
-                                 f"but it could never match)")
+                what = (f"item {part.strip()!r} has no operator (=, ==, !=, =~, <, ...)"
+                        if part.strip() else "empty item after ';'")
+                raise _LineError(f"{what} (postfwd would keep the rule, but it could never "
+                                 f"match)")
             key, cmp, value = m.group(1), m.group(2), m.group(3)
             cmp = {"<=": "=<", ">=": "=>", "~=": "=~"}.get(cmp, cmp)
             if key in SINGLE_KEYS:
