@@ -164,10 +164,12 @@ class Actions:
         if not (perl.truthy(addr) and perl.truthy(port)):
             return False, DUNNO
         answer = await self.asker(addr, int(perl.num(port)), ev.orig, self.ask_timeout)
-        if answer is None or not answer.startswith("action=") or answer == "action=":
-            log.info("ask_no_answer", target=arg, answer=answer)
+        # postfwd strips a leading "action=" and takes whatever else the line says (its test of
+        # the prefix reads a stale capture group, so an unprefixed answer passes too)
+        answer = None if answer is None else answer.removeprefix("action=")
+        if not answer:
+            log.info("ask_no_answer", target=arg)
             return False, DUNNO
-        answer = answer[len("action="):]
         if perl.truthy(ignore) and perl.search(ignore, answer):
             return False, DUNNO
         return perl.truthy(answer), answer

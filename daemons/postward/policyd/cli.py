@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -87,8 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"postward-policyd: --nameserver: {e}", file=sys.stderr)
         return 2
+    # Bytes in, bytes out: postfwd does not decode, and neither may a round trip change them.
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape",
+                             newline="\n")
+    stdout = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", errors="surrogateescape",
+                              newline="\n")
     return asyncio.run(answer_stdin(ruleset, args.nodns, nameservers,
-                                    parse_scores(args.scores), sys.stdin, sys.stdout))
+                                    parse_scores(args.scores), stdin, stdout))
 
 
 async def answer_stdin(ruleset: Ruleset, nodns: bool, nameservers: tuple[HostPort, ...],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -119,6 +120,7 @@ class DnsblResults:
     txt: dict[str, str] = field(default_factory=dict)
     metrics: DnsblMetrics | None = None
     weights: dict[str, float] = field(default_factory=dict)  # listed zone -> weight
+    labels: dict[str, str] = field(default_factory=dict)  # query name -> type in dnsbltext
 
     @property
     def score(self) -> float:
@@ -135,9 +137,9 @@ class DnsblResults:
     @staticmethod
     def skipped(key: str, request: Mapping[str, str]) -> bool:
         if key == "rhsbl_helo":
-            # postfwd 1.35 tests an item 'helo_domain' that never exists, so rhsbl_helo never
-            # counts: faithful, and documented in docs/policyd.md.
-            return True
+            # postfwd 1.35 tests an attribute 'helo_domain' (Postfix sends none), not
+            # helo_name: without it rhsbl_helo never counts. Faithful; docs/policyd.md.
+            return request.get("helo_domain", "") == ""
         item = _SUBJECT_ITEM.get(key)
         return item is not None and request.get(item, "") == _UNUSABLE[item]
 
@@ -147,7 +149,8 @@ class DnsblResults:
         name = f"{subject}.{ls.zone}".lower()
         for address in self.a.get(name, []):
             if address and ls.matches(address):
-                dnsbl_text.append(f"{key}:{ls.zone}:<{self.txt.get(name, '')}>")
+                label = self.labels.get(name, key)
+                dnsbl_text.append(f"{label}:{ls.zone}:<{self.txt.get(name, '')}>")
                 self.weights[ls.zone.lower()] = ls.weight
                 if self.metrics is not None:
                     self.metrics.hits.labels(ls.zone.lower()).inc()
@@ -155,9 +158,28 @@ class DnsblResults:
         return False
 
 
-def _queries(rule: Rule, request: Mapping[str, str]) -> dict[str, str]:
-    """Query name -> list zone, for every list of the rule that applies to the request."""
-    names: dict[str, str] = {}
+class QueryLabels:
+    """postfwd labels a DNSBL reason with the item type of whichever rule first looked that
+    name up in the process (its DNS cache entry, kept an hour): so do we, per process."""
+
+    def __init__(self, keep: float = 3600.0, size: int = 100_000) -> None:
+        self.keep = keep
+        self.size = size
+        self._labels: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    def label(self, name: str, key: str, now: float) -> str:
+        entry = self._labels.get(name)
+        if entry is None or entry[1] < now:
+            entry = (key, now + self.keep)
+            self._labels[name] = entry
+            while len(self._labels) > self.size:
+                self._labels.popitem(last=False)
+        return entry[0]
+
+
+def _queries(rule: Rule, request: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """Query name -> (list zone, item type), for every list of the rule that applies."""
+    names: dict[str, tuple[str, str]] = {}
     for key in rule.dnsbl_keys:
         item = _SUBJECT_ITEM.get(key)
         if key == "rbl":
@@ -171,21 +193,26 @@ def _queries(rule: Rule, request: Mapping[str, str]) -> dict[str, str]:
                 continue
             zone = parse_spec(deneg(cond.value) or cond.value).zone.lower()
             if zone and subject:
-                names.setdefault(f"{subject}.{zone}".lower(), zone)
+                names.setdefault(f"{subject}.{zone}".lower(), (zone, key))
     return names
 
 
 async def run_dnsbl_queries(dns: DnsLookups, rule: Rule, request: Mapping[str, str],
                             budget: float | None = None,
-                            metrics: DnsblMetrics | None = None) -> DnsblResults:
+                            metrics: DnsblMetrics | None = None,
+                            labels: QueryLabels | None = None,
+                            now: float = 0.0) -> DnsblResults:
     """A queries for every list of the rule at once, then TXT for the listed ones."""
     results = DnsblResults(metrics=metrics)
     names = _queries(rule, request)
     if not names:
         return results
+    if labels is not None:
+        for name, (_, key) in names.items():
+            results.labels[name] = labels.label(name, key, now)
 
     async def a(name: str) -> None:
-        zone = names[name]
+        zone = names[name][0]
         if metrics is not None:
             metrics.queries.labels(zone).inc()
         answer = await dns.query(name, "A")

@@ -21,6 +21,7 @@ from postward.policyd.dnsbl import (
     DnsblMetrics,
     DnsblResults,
     DnsLookups,
+    QueryLabels,
     dns_item_values,
     run_dnsbl_queries,
 )
@@ -75,6 +76,7 @@ class Engine:
         self.scores: dict[str, str] = dict(DEFAULT_SCORES if scores is None else scores)
         self.live_lists = LiveLists()
         self.dnsbl_metrics = dnsbl_metrics
+        self.query_labels = QueryLabels()
         self.dns_budget = dns_budget
 
     async def decide(self, attrs: Mapping[str, str]) -> Decision:
@@ -140,7 +142,7 @@ class Engine:
         if self.dns is None or not rule.dnsbl_keys:
             return matched, 0, 0
         results = await run_dnsbl_queries(self.dns, rule, request, self.dns_budget,
-                                          self.dnsbl_metrics)
+                                          self.dnsbl_metrics, self.query_labels, ev.now)
         outcome = await self._compare_dnsbl(rule, ev, results, matched)
         # postward's addition: postscreen-style weighted score of this rule's lists
         request["dnsbl_score"] = perl.num_str(results.score)

@@ -10,9 +10,15 @@ _MAX_NAME, _MAX_VALUE = 512, 512
 
 
 def parse_attribute(line: str) -> tuple[str, str] | None:
-    """``name=value`` as postfwd reads it: name up to 512 characters, value cut at 512."""
-    m = re.match(r"^([^=]{1,512})=(.{0,512})", line, re.DOTALL)
-    return (m.group(1), m.group(2)) if m else None
+    """``name=value`` as postfwd reads it: a name of up to 512 bytes, the value cut at 512
+    bytes. postfwd counts bytes, not characters; lines are decoded with surrogateescape, so a
+    cut through a UTF-8 sequence keeps the exact bytes (and they go back out unchanged)."""
+    raw = line.encode("utf-8", "surrogateescape")
+    m = re.match(rb"^([^=]{1,512})=(.{0,512})", raw, re.DOTALL)
+    if m is None:
+        return None
+    return (m.group(1).decode("utf-8", "surrogateescape"),
+            m.group(2).decode("utf-8", "surrogateescape"))
 
 
 def with_derived_items(attrs: dict[str, str]) -> dict[str, str]:

@@ -192,8 +192,8 @@ class RulesetReader:
             if m is None:
                 what = (f"item {part.strip()!r} has no operator (=, ==, !=, =~, <, ...)"
                         if part.strip() else "empty item after ';'")
-                raise _LineError(f"{what} (postfwd would keep the rule, but it could never "
-                                 f"match)")
+                raise _LineError(f"{what} (postfwd would keep the rule and read this item in "
+                                 f"a way nobody means: see docs/postfwd-quirks.md)")
             key, cmp, value = m.group(1), m.group(2), m.group(3)
             cmp = {"<=": "=<", ">=": "=>", "~=": "=~"}.get(cmp, cmp)
             if key in SINGLE_KEYS:
