@@ -97,7 +97,10 @@ class Engine:
             request["rhsblcount"] = perl.num_str(rhsbl_count)
             if matched > 0:
                 hits.append(rule.id)
-                request["request_hits"] = ";".join(hits)
+                # appended to, as in postfwd, even to a request_hits the client sent
+                previous = request.get("request_hits")
+                request["request_hits"] = rule.id if previous is None else \
+                    f"{previous};{rule.id}"
                 action = self._substitute_action(rule.action, ev)
                 stop, action = await self._run_commands(action, ev)
                 if stop:

@@ -13,6 +13,7 @@ import re
 import warnings
 
 _NUMERIC_PREFIX = re.compile(r"^\s*([+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?))")
+_SPECIAL = re.compile(r"^\s*([+-]?)(nan|inf(?:inity)?)", re.IGNORECASE)
 
 
 def truthy(value: str | None) -> bool:
@@ -28,6 +29,9 @@ def num(value: str | float | int | None) -> float:
         return float(value)
     m = _NUMERIC_PREFIX.match(value)
     if not m:
+        if special := _SPECIAL.match(value):  # Perl reads "nan" and "inf" as numbers too
+            number = float("nan") if special.group(2).lower() == "nan" else float("inf")
+            return -number if special.group(1) == "-" else number
         return 0.0
     try:
         return float(m.group(1))
@@ -37,6 +41,10 @@ def num(value: str | float | int | None) -> float:
 
 def num_str(value: float) -> str:
     """How Perl prints a number: integers plainly, others with %.15g."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Inf" if value > 0 else "-Inf"
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return f"{value:.15g}"
