@@ -16,8 +16,7 @@ import asyncio
 import contextlib
 import json
 from collections import OrderedDict
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import aiodns
 import aiodns.error
@@ -25,7 +24,7 @@ import pycares
 
 from postward.core.clock import Clock, SystemClock
 from postward.core.logs import get_log
-from postward.core.metrics import Metrics
+from postward.core.metrics import Labelled, Metrics
 from postward.core.redis_store import RedisStore, StoreUnavailable
 from postward.core.settings import DnsSettings
 
@@ -49,8 +48,7 @@ _ARES_RCODES = {
 }
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     name: str
     rtype: str
     rcode: str
@@ -149,18 +147,26 @@ class Resolver:
         self._inflight: dict[tuple[str, str], asyncio.Future[Answer]] = {}
         # A small per-process layer in front of Redis: (name, type) -> (answer, expiry).
         self._local: OrderedDict[tuple[str, str], tuple[Answer, float]] = OrderedDict()
-        self._queries = metrics.counter("dns_queries_total",
+        self._queries = Labelled(metrics.counter("dns_queries_total",
                                         "DNS queries sent to nameservers, by type and result",
-                                        ["type", "result"])
-        self._hits = metrics.counter("dns_cache_hits_total",
-                                     "DNS answers served from the shared Redis cache", ["type"])
-        self._local_hits = metrics.counter("dns_local_cache_hits_total",
-                                           "DNS answers served from the process's own cache",
-                                           ["type"])
-        self._misses = metrics.counter("dns_cache_misses_total",
-                                       "DNS lookups not in the Redis cache", ["type"])
-        self._latency = metrics.histogram("dns_query_seconds",
-                                          "Time for a DNS query to the nameservers", ["type"])
+                                        ["type", "result"]))
+        self._hits = Labelled(metrics.counter(
+            "dns_cache_hits_total", "DNS answers served from the shared Redis cache", ["type"]))
+        self._local_hits = Labelled(metrics.counter(
+            "dns_local_cache_hits_total", "DNS answers served from the process's own cache",
+            ["type"]))
+        self._misses = Labelled(metrics.counter(
+            "dns_cache_misses_total", "DNS lookups not in the Redis cache", ["type"]))
+        self._latency = Labelled(metrics.histogram(
+            "dns_query_seconds", "Time for a DNS query to the nameservers", ["type"]))
+
+    def peek(self, name: str, rtype: str) -> Answer | None:
+        """The answer from this process's own cache, without waiting; None if not there."""
+        key = (name.rstrip(".").lower(), rtype)
+        answer = self._local_get(key)
+        if answer is not None:
+            self._local_hits(rtype).inc()
+        return answer
 
     async def query(self, name: str, rtype: str) -> Answer:
         """Look ``name`` up; concurrent lookups of the same name and type share one query."""
@@ -169,7 +175,7 @@ class Resolver:
         name = name.rstrip(".").lower()
         key = (name, rtype)
         if (local := self._local_get(key)) is not None:
-            self._local_hits.labels(rtype).inc()
+            self._local_hits(rtype).inc()
             return local
         if (pending := self._inflight.get(key)) is not None:
             return await asyncio.shield(pending)
@@ -190,14 +196,14 @@ class Resolver:
     async def _lookup(self, name: str, rtype: str) -> Answer:
         cached = await self._cache_get(name, rtype)
         if cached is not None:
-            self._hits.labels(rtype).inc()
+            self._hits(rtype).inc()
             return cached
         if self.store is not None:
-            self._misses.labels(rtype).inc()
+            self._misses(rtype).inc()
         start = self.clock.monotonic()
         answer = await self.transport.query(name, rtype)
-        self._latency.labels(rtype).observe(self.clock.monotonic() - start)
-        self._queries.labels(rtype, answer.rcode).inc()
+        self._latency(rtype).observe(self.clock.monotonic() - start)
+        self._queries(rtype, answer.rcode).inc()
         if answer.rcode in (TIMEOUT, SERVFAIL, ERROR):
             log.info("dns_failure", name=name, type=rtype, result=answer.rcode)
         await self._cache_put(answer)
@@ -213,7 +219,8 @@ class Resolver:
             del self._local[key]
             return None
         self._local.move_to_end(key)
-        return replace(answer, ttl=min(answer.ttl, int(remaining)), from_cache=True)
+        return Answer(answer.name, answer.rtype, answer.rcode, answer.records,
+                      min(answer.ttl, int(remaining)), True)
 
     def _local_put(self, key: tuple[str, str], answer: Answer) -> None:
         s = self.settings

@@ -78,3 +78,19 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class Labelled:
+    """The children of a labelled metric, each looked up once: ``labels()`` takes a lock and
+    builds a key on every call, which shows on a per-request path. Label values must come from
+    a bounded set (query types, rule ids, list zones)."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child

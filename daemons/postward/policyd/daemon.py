@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from postward.core.config_file import ConfigError
+from postward.core.dns import TIMEOUT, Answer, Resolver
 from postward.core.logs import get_log
 from postward.core.runtime import Runtime, load_config_or_exit
 from postward.core.service import InFlight, serve
@@ -123,15 +124,17 @@ class PolicyDaemon:
 class _Budgeted:
     """The resolver seen by the rules: each lookup bounded by the DNS budget."""
 
-    def __init__(self, resolver, budget: float) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, resolver: Resolver, budget: float) -> None:
         self.resolver = resolver
         self.budget = budget
 
-    async def query(self, name: str, rtype: str):  # type: ignore[no-untyped-def]
-        from postward.core.dns import TIMEOUT, Answer
+    def peek(self, name: str, rtype: str) -> Answer | None:
+        return self.resolver.peek(name, rtype)
 
+    async def query(self, name: str, rtype: str) -> Answer:
         try:
-            return await asyncio.wait_for(self.resolver.query(name, rtype), self.budget)
+            async with asyncio.timeout(self.budget):
+                return await self.resolver.query(name, rtype)
         except TimeoutError:
             return Answer(name, rtype, TIMEOUT)
 

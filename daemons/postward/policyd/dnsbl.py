@@ -9,6 +9,7 @@ A list item is ``zone[/answer-regex[/maxcache]]`` (postfwd's form; the regex def
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 from collections import OrderedDict
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from postward.core.dns import Answer
-from postward.core.metrics import Metrics
+from postward.core.metrics import Labelled, Metrics
 from postward.policyd import perl
 from postward.policyd.ruleset import LIVE_LIST, Rule, deneg
 
@@ -26,6 +27,10 @@ DEFAULT_ANSWER = r"^127\."
 
 class DnsLookups(Protocol):
     async def query(self, name: str, rtype: str) -> Answer: ...
+
+    def peek(self, name: str, rtype: str) -> Answer | None:
+        """An answer at hand without waiting (a process-local cache), or None."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class ListSpec:
 _POSTSCREEN = re.compile(r"^([^=*/]+)(?:=([0-9.\[\]]+))?(?:\*(-?\d+))?$")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_spec(spec: str) -> ListSpec:
     if ("=" in spec or "*" in spec) and (m := _POSTSCREEN.match(spec)):
         return ListSpec(m.group(1), answer_filter=m.group(2) or "",
@@ -83,16 +89,16 @@ class DnsblMetrics:
     """Per-list counters (the lists come from the rule files: bounded)."""
 
     def __init__(self, metrics: Metrics) -> None:
-        self.queries = metrics.counter("dnsbl_queries_total", "DNSBL/RHSBL lookups, by list",
-                                       ["list"])
-        self.hits = metrics.counter("dnsbl_hits_total",
-                                    "Lookups that found the subject listed (answer filter "
-                                    "matched), by list", ["list"])
-        self.timeouts = metrics.counter("dnsbl_timeouts_total",
-                                        "Lookups that timed out or failed (counted as not "
-                                        "listed), by list", ["list"])
-        self.cache_hits = metrics.counter("dnsbl_cache_hits_total",
-                                          "Lookups answered from a cache, by list", ["list"])
+        self.queries = Labelled(metrics.counter(
+            "dnsbl_queries_total", "DNSBL/RHSBL lookups, by list", ["list"]))
+        self.hits = Labelled(metrics.counter(
+            "dnsbl_hits_total", "Lookups that found the subject listed (answer filter "
+            "matched), by list", ["list"]))
+        self.timeouts = Labelled(metrics.counter(
+            "dnsbl_timeouts_total", "Lookups that timed out or failed (counted as not "
+            "listed), by list", ["list"]))
+        self.cache_hits = Labelled(metrics.counter(
+            "dnsbl_cache_hits_total", "Lookups answered from a cache, by list", ["list"]))
 
 
 def rbl_subject(client_address: str, reverse_address: str) -> str:
@@ -153,7 +159,7 @@ class DnsblResults:
                 dnsbl_text.append(f"{label}:{ls.zone}:<{self.txt.get(name, '')}>")
                 self.weights[ls.zone.lower()] = ls.weight
                 if self.metrics is not None:
-                    self.metrics.hits.labels(ls.zone.lower()).inc()
+                    self.metrics.hits(ls.zone.lower()).inc()
                 return True
         return False
 
@@ -211,27 +217,44 @@ async def run_dnsbl_queries(dns: DnsLookups, rule: Rule, request: Mapping[str, s
         for name, (_, key) in names.items():
             results.labels[name] = labels.label(name, key, now)
 
-    async def a(name: str) -> None:
+    def take_a(name: str, answer: Answer) -> None:
         zone = names[name][0]
         if metrics is not None:
-            metrics.queries.labels(zone).inc()
-        answer = await dns.query(name, "A")
-        if metrics is not None:
+            metrics.queries(zone).inc()
             if answer.from_cache:
-                metrics.cache_hits.labels(zone).inc()
+                metrics.cache_hits(zone).inc()
             if not answer.definite:
-                metrics.timeouts.labels(zone).inc()
+                metrics.timeouts(zone).inc()
         results.a[name] = list(answer.records) if answer.ok else []
 
-    async def txt(name: str) -> None:
-        answer = await dns.query(name, "TXT")
+    def take_txt(name: str, answer: Answer) -> None:
         if answer.ok:
             # postfwd keeps the last TXT record and turns commas into spaces (for set()).
             results.txt[name] = answer.records[-1].replace(",", " ")
 
-    await _bounded([a(n) for n in names], budget)
-    listed = [n for n in names if results.a.get(n)]
-    await _bounded([txt(n) for n in listed], budget)
+    async def a(name: str) -> None:
+        take_a(name, await dns.query(name, "A"))
+
+    async def txt(name: str) -> None:
+        take_txt(name, await dns.query(name, "TXT"))
+
+    # Answers already in this process's cache are taken at once: no task, no waiting.
+    missing = []
+    for name in names:
+        answer = dns.peek(name, "A")
+        if answer is None:
+            missing.append(a(name))
+        else:
+            take_a(name, answer)
+    await _bounded(missing, budget)
+    missing = []
+    for name in (n for n in names if results.a.get(n)):
+        answer = dns.peek(name, "TXT")
+        if answer is None:
+            missing.append(txt(name))
+        else:
+            take_txt(name, answer)
+    await _bounded(missing, budget)
     return results
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from postward.core.clock import Clock, SystemClock
 from postward.core.logs import get_log
-from postward.core.metrics import Metrics
+from postward.core.metrics import Labelled, Metrics
 from postward.core.redis_store import StoreUnavailable
 from postward.core.service import InFlight
 from postward.policyd.actions import QuitRequested
@@ -38,6 +38,44 @@ class _Disconnect(Exception):
     pass
 
 
+class _LineTooLong(Exception):
+    pass
+
+
+class _LineReader:
+    """Lines from a stream, read in large chunks (one read serves a whole request)."""
+
+    def __init__(self, reader: asyncio.StreamReader, max_line: int) -> None:
+        self.reader = reader
+        self.max_line = max_line
+        self.buffer = b""
+        self.offset = 0
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.buffer[self.offset:].strip())
+
+    async def next(self) -> str | None:
+        """The next line without its end (LF or CRLF); None at the end of the stream."""
+        while True:
+            end = self.buffer.find(b"\n", self.offset)
+            if end >= 0:
+                line = self.buffer[self.offset:end]
+                self.offset = end + 1
+                if len(line) > self.max_line:
+                    raise _LineTooLong
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                return line.decode("utf-8", "surrogateescape")
+            if len(self.buffer) - self.offset > self.max_line:
+                raise _LineTooLong
+            chunk = await self.reader.read(65536)
+            if not chunk:
+                return None
+            self.buffer = self.buffer[self.offset:] + chunk
+            self.offset = 0
+
+
 def action_class(action: str) -> str:
     """A low-cardinality label for an answer: its verb, or 4xx/5xx for numeric replies."""
     word = action.split(None, 1)[0] if action.strip() else "DUNNO"
@@ -53,15 +91,14 @@ class PolicyServer:
         self.limits = limits
         self.inflight = inflight
         self.clock = clock or SystemClock()
-        self._requests = metrics.counter(
+        self._requests = Labelled(metrics.counter(
             "requests_total", "Policy requests answered, by protocol state and answer",
-            ["state", "action"])
-        self._rule_hits = metrics.counter("rule_hits_total",
-                                          "Requests whose answer came from a rule, by rule id",
-                                          ["rule"])
-        self._errors = metrics.counter(
+            ["state", "action"]))
+        self._rule_hits = Labelled(metrics.counter(
+            "rule_hits_total", "Requests whose answer came from a rule, by rule id", ["rule"]))
+        self._errors = Labelled(metrics.counter(
             "errors_total", "Requests answered with the default action because of an error, "
-            "and clients disconnected for breaking the protocol, by kind", ["kind"])
+            "and clients disconnected for breaking the protocol, by kind", ["kind"]))
         self._latency = metrics.histogram("decision_seconds",
                                           "Time from a complete request to its answer")
         self._connections = metrics.gauge("client_connections", "Open client connections")
@@ -69,9 +106,10 @@ class PolicyServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or "unix"
         self._connections.inc()
+        lines = _LineReader(reader, self.limits.max_line_length)
         try:
             while True:
-                attrs = await self._read_request(reader, peer)
+                attrs = await self._read_request(lines, peer)
                 if attrs is None:
                     return
                 if not attrs:
@@ -88,41 +126,43 @@ class PolicyServer:
             self._connections.dec()
             writer.close()
 
-    async def _read_request(self, reader: asyncio.StreamReader,
-                            peer: object) -> dict[str, str] | None:
+    async def _read_request(self, lines: _LineReader, peer: object) -> dict[str, str] | None:
         """The next request's attributes; None at a clean end of the connection."""
         attrs: dict[str, str] = {}
-        lines = 0
-        while True:
-            try:
-                raw = await asyncio.wait_for(reader.readuntil(b"\n"), self.limits.idle_timeout)
-            except asyncio.IncompleteReadError as e:
-                if e.partial.strip() or attrs:
-                    log.warning("request_truncated", peer=str(peer), attributes=len(attrs))
-                    self._errors.labels("truncated").inc()
-                return None
-            except asyncio.LimitOverrunError:
-                log.warning("line_too_long", peer=str(peer), limit=self.limits.max_line_length)
-                self._errors.labels("line_too_long").inc()
-                raise _Disconnect from None
-            except TimeoutError:
-                log.info("client_idle", peer=str(peer), timeout=self.limits.idle_timeout)
-                raise _Disconnect from None
-            line = raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", "surrogateescape")
-            if not line:
-                return attrs
-            lines += 1
-            if lines > self.limits.max_attributes:
-                log.warning("too_many_attributes", peer=str(peer),
-                            limit=self.limits.max_attributes)
-                self._errors.labels("too_many_attributes").inc()
-                raise _Disconnect
-            pair = parse_attribute(line)
-            if pair is None:
-                log.warning("garbage_line", peer=str(peer), line=line[:100])
-                self._errors.labels("garbage").inc()
-                continue
-            attrs[pair[0]] = pair[1]
+        count = 0
+        try:
+            # One deadline for the whole request: a timer per line would cost more than the
+            # decision itself.
+            async with asyncio.timeout(self.limits.idle_timeout):
+                while True:
+                    line = await lines.next()
+                    if line is None:
+                        if lines.partial or attrs:
+                            log.warning("request_truncated", peer=str(peer),
+                                        attributes=len(attrs))
+                            self._errors("truncated").inc()
+                        return None
+                    if not line:
+                        return attrs
+                    count += 1
+                    if count > self.limits.max_attributes:
+                        log.warning("too_many_attributes", peer=str(peer),
+                                    limit=self.limits.max_attributes)
+                        self._errors("too_many_attributes").inc()
+                        raise _Disconnect
+                    pair = parse_attribute(line)
+                    if pair is None:
+                        log.warning("garbage_line", peer=str(peer), line=line[:100])
+                        self._errors("garbage").inc()
+                        continue
+                    attrs[pair[0]] = pair[1]
+        except _LineTooLong:
+            log.warning("line_too_long", peer=str(peer), limit=self.limits.max_line_length)
+            self._errors("line_too_long").inc()
+            raise _Disconnect from None
+        except TimeoutError:
+            log.info("client_idle", peer=str(peer), timeout=self.limits.idle_timeout)
+            raise _Disconnect from None
 
     async def answer(self, attrs: dict[str, str]) -> str:
         start = self.clock.monotonic()
@@ -130,7 +170,7 @@ class PolicyServer:
         action, rule = self.limits.default_action, None
         if attrs.get("request") != "smtpd_access_policy":
             log.warning("not_a_policy_request", request=attrs.get("request", "")[:100])
-            self._errors.labels("bad_request").inc()
+            self._errors("bad_request").inc()
         else:
             try:
                 decision = await asyncio.wait_for(self.engine().decide(attrs),
@@ -139,17 +179,17 @@ class PolicyServer:
             except TimeoutError:
                 log.warning("request_budget_exceeded", budget=self.limits.request_budget,
                             client=attrs.get("client_address", ""))
-                self._errors.labels("budget").inc()
+                self._errors("budget").inc()
             except StoreUnavailable:
-                self._errors.labels("redis").inc()  # RedisStore logged the cause
+                self._errors("redis").inc()  # RedisStore logged the cause
             except QuitRequested as e:
                 log.error("rule_quit_ignored", code=e.code)
-                self._errors.labels("quit").inc()
+                self._errors("quit").inc()
             except Exception:
                 log.exception("decision_failed", client=attrs.get("client_address", ""))
-                self._errors.labels("internal").inc()
+                self._errors("internal").inc()
         self._latency.observe(self.clock.monotonic() - start)
-        self._requests.labels(state, action_class(action)).inc()
+        self._requests(state, action_class(action)).inc()
         if rule is not None:
-            self._rule_hits.labels(rule).inc()
+            self._rule_hits(rule).inc()
         return action

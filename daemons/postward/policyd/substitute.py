@@ -14,10 +14,21 @@ from collections.abc import Mapping, Sequence
 
 from postward.policyd import perl
 
-_BARE = re.compile(r"(.*)\$\$\s*(\w+)(.*)")
-_PAREN = re.compile(r"(.*)\$\$\s*\((\w+)\)(.*)")
+_BARE = re.compile(r"\$\$\s*(\w+)")
+_PAREN = re.compile(r"\$\$\s*\((\w+)\)")
 # postfwd can loop forever on an undefined $$(name); we stop after this many passes.
 _MAX_PASSES = 256
+
+
+def _last(pattern: re.Pattern[str], val: str, start: int) -> re.Match[str] | None:
+    """The last match of ``pattern`` starting at or after ``start``: what postfwd's greedy
+    ``(.*)`` in front of it picks. Found from the right, so the cost stays linear."""
+    i = val.rfind("$$", start)
+    while i >= start:
+        if m := pattern.match(val, i):
+            return m
+        i = val.rfind("$$", start, i + 1)  # "$$$x": the candidate one to the left overlaps
+    return None
 
 
 def uniq(items: Sequence[str]) -> list[str]:
@@ -27,18 +38,18 @@ def uniq(items: Sequence[str]) -> list[str]:
 
 def devar(val: str, item: str, request: Mapping[str, str], dnsbl_text: Sequence[str]) -> str:
     """The substituted value, or '' when nothing was substituted (postfwd's return)."""
-    if not (perl.truthy(val) and perl.truthy(item)):
+    if not (perl.truthy(val) and perl.truthy(item)) or "$$" not in val:
         return ""
     result = ""
     pos = 0
     for _ in range(_MAX_PASSES):
-        m = _BARE.search(val, pos) if pos <= len(val) else None
+        m = _last(_BARE, val, pos)
         if m is None:
-            m = _PAREN.search(val, 0)  # a failed //g match resets pos: the next starts at 0
+            m = _last(_PAREN, val, 0)  # a failed //g match resets pos: the next starts at 0
             if m is None:
                 break
-        pos = m.end()
-        pre, name, post = m.group(1), m.group(2), m.group(3)
+        pos = len(val)  # the trailing (.*) took the rest of the string
+        pre, name, post = val[:m.start()], m.group(1), val[m.end():]
         if name == "dnsbltext":
             val = pre + "; ".join(uniq(dnsbl_text)) + post
         elif name in request:
