@@ -116,6 +116,7 @@ class Actions:
         return False, DUNNO
 
     async def _limit(self, kind: str, arg: str, ev: Evaluation) -> tuple[bool, str]:
+        ev.cacheable = False
         parts = arg.split("/", 3)
         item, maximum, window, action = ([*parts, "", "", "", ""])[:4]
         amount_text = {"size": ev.request.get("size", ""),
@@ -159,6 +160,7 @@ class Actions:
         return await self._limit("rcpt5321", arg, ev)
 
     async def _cmd_ask(self, arg: str, ev: Evaluation, engine: Engine) -> tuple[bool, str]:
+        ev.cacheable = False
         parts = arg.split(":")
         addr, port, ignore = ([*parts, "", "", ""])[:3]
         if not (perl.truthy(addr) and perl.truthy(port)):
@@ -175,12 +177,14 @@ class Actions:
         return perl.truthy(answer), answer
 
     async def _cmd_greylist(self, arg: str, ev: Evaluation, engine: Engine) -> tuple[bool, str]:
+        ev.cacheable = False
         if self.greylisting is None:
             log.warning("greylist_unavailable", rule=ev.rule.id if ev.rule else "")
             return False, DUNNO
         return True, await self.greylisting.answer(ev.orig)
 
     async def _cmd_wait(self, arg: str, ev: Evaluation, engine: Engine) -> tuple[bool, str]:
+        ev.cacheable = False
         await asyncio.sleep(min(max(int(perl.num(arg)), 0), self.max_wait))
         return False, DUNNO
 
@@ -193,6 +197,7 @@ class Actions:
         return False, DUNNO
 
     async def _cmd_quit(self, arg: str, ev: Evaluation, engine: Engine) -> tuple[bool, str]:
+        ev.cacheable = False
         raise QuitRequested(arg)
 
     async def _not_here(self, arg: str, ev: Evaluation, engine: Engine) -> tuple[bool, str]:

@@ -23,6 +23,7 @@ from postward.policyd.dnsbl import DnsblMetrics
 from postward.policyd.engine import Engine
 from postward.policyd.protocol import Limits, PolicyServer
 from postward.policyd.ratelimit import RedisRates
+from postward.policyd.request_cache import RequestCache
 from postward.policyd.ruleset import Ruleset, load_ruleset
 from postward.policyd.workers import bind_listeners, supervise
 from postward.schema import Config, load_config
@@ -60,6 +61,8 @@ class PolicyDaemon:
         self.servers: list[asyncio.Server] = []
         self.greylisting = self._make_greylisting(loaded.config)
         self.dnsbl_metrics = DnsblMetrics(runtime.metrics)
+        self.cache_hits = runtime.metrics.counter(
+            "request_cache_hits_total", "Requests answered from the request cache")
         self._apply(loaded)
         self.server = PolicyServer(lambda: self.engine, self.limits, runtime.metrics,
                                    self.inflight, runtime.clock)
@@ -83,8 +86,10 @@ class PolicyDaemon:
         actions = Actions(RedisRates(self.runtime.store), ask_policy_server, self.greylisting,
                           max_wait=p.max_wait)
         dns = None if p.nodns else _Budgeted(self.runtime.resolver, p.dns_budget)
+        cache = RequestCache(p.request_cache, hits=self.cache_hits) \
+            if p.request_cache > 0 else None
         self.engine = Engine(loaded.ruleset, dns, actions, self.runtime.clock,
-                             dnsbl_metrics=self.dnsbl_metrics)
+                             dnsbl_metrics=self.dnsbl_metrics, request_cache=cache)
 
     async def start(self) -> None:
         if self.listeners is None:

@@ -127,6 +127,7 @@ class DnsblResults:
     metrics: DnsblMetrics | None = None
     weights: dict[str, float] = field(default_factory=dict)  # listed zone -> weight
     labels: dict[str, str] = field(default_factory=dict)  # query name -> type in dnsbltext
+    complete: bool = True  # False if a lookup failed or ran out of time
 
     @property
     def score(self) -> float:
@@ -225,9 +226,13 @@ async def run_dnsbl_queries(dns: DnsLookups, rule: Rule, request: Mapping[str, s
                 metrics.cache_hits(zone).inc()
             if not answer.definite:
                 metrics.timeouts(zone).inc()
+        if not answer.definite:
+            results.complete = False
         results.a[name] = list(answer.records) if answer.ok else []
 
     def take_txt(name: str, answer: Answer) -> None:
+        if not answer.definite:
+            results.complete = False
         if answer.ok:
             # postfwd keeps the last TXT record and turns commas into spaces (for set()).
             results.txt[name] = answer.records[-1].replace(",", " ")
@@ -246,7 +251,8 @@ async def run_dnsbl_queries(dns: DnsLookups, rule: Rule, request: Mapping[str, s
             missing.append(a(name))
         else:
             take_a(name, answer)
-    await _bounded(missing, budget)
+    if not await _bounded(missing, budget):
+        results.complete = False
     missing = []
     for name in (n for n in names if results.a.get(n)):
         answer = dns.peek(name, "TXT")
@@ -254,19 +260,22 @@ async def run_dnsbl_queries(dns: DnsLookups, rule: Rule, request: Mapping[str, s
             missing.append(txt(name))
         else:
             take_txt(name, answer)
-    await _bounded(missing, budget)
+    if not await _bounded(missing, budget):
+        results.complete = False
     return results
 
 
-async def _bounded(coros: list, budget: float | None) -> None:
+async def _bounded(coros: list, budget: float | None) -> bool:
+    """Run the lookups within ``budget``; False if any ran out of time or raised."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     if not tasks:
-        return
+        return True
     done, pending = await asyncio.wait(tasks, timeout=budget)
     for task in pending:  # past the budget: not listed
         task.cancel()
-    for task in done:
-        task.exception()  # a lookup that raised counts as not listed; never propagates
+    # a lookup that raised counts as not listed; it never propagates
+    failed = [task for task in done if task.exception() is not None]
+    return not pending and not failed
 
 
 async def dns_item_values(dns: DnsLookups, key: str, item: str) -> list[str]:

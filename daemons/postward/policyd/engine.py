@@ -27,6 +27,7 @@ from postward.policyd.dnsbl import (
 )
 from postward.policyd.lists import LiveLists
 from postward.policyd.request import with_derived_items
+from postward.policyd.request_cache import RequestCache, cache_key
 from postward.policyd.ruleset import COMMAND, DNSBL_KEYS, LIVE_LIST, Cond, Rule, Ruleset, deneg
 from postward.policyd.substitute import devar, escape_for_regex
 
@@ -48,13 +49,17 @@ class Evaluation:
     dnsbl_text: list[str] = field(default_factory=list)
     rule: Rule | None = None
     log_line: str = ""
+    # False once the decision depended on more than the request and the rules (state in
+    # Redis, another server, the clock, a live list): such a decision is not cached.
+    cacheable: bool = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decision:
     action: str
     rule_id: str | None
     hits: list[str]
+    cacheable: bool = False
 
 
 class Engine:
@@ -67,6 +72,7 @@ class Engine:
         scores: Mapping[str, str] | None = None,
         dnsbl_metrics: DnsblMetrics | None = None,
         dns_budget: float | None = None,
+        request_cache: RequestCache | None = None,
     ) -> None:
         self.ruleset = ruleset
         self.dns = dns  # None: --nodns
@@ -77,9 +83,23 @@ class Engine:
         self.live_lists = LiveLists()
         self.dnsbl_metrics = dnsbl_metrics
         self.query_labels = QueryLabels()
+        self.request_cache = request_cache
         self.dns_budget = dns_budget
 
     async def decide(self, attrs: Mapping[str, str]) -> Decision:
+        if self.request_cache is None:
+            return await self._decide(attrs)
+        key = cache_key(attrs)
+        now = self.clock.time()
+        cached = self.request_cache.get(key, now)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        decision = await self._decide(attrs)
+        if decision.cacheable:
+            self.request_cache.put(key, decision, now)
+        return decision
+
+    async def _decide(self, attrs: Mapping[str, str]) -> Decision:
         ev = Evaluation(request=with_derived_items(dict(attrs)), orig=dict(attrs),
                         now=self.clock.time())
         request = ev.request
@@ -108,7 +128,8 @@ class Engine:
                     break
             ev.index += 1
         # postfwd: an answer Perl takes as false ("", "0") becomes the default
-        return Decision(action if perl.truthy(action) else DEFAULT_ACTION, matched_id, hits)
+        return Decision(action if perl.truthy(action) else DEFAULT_ACTION, matched_id, hits,
+                        ev.cacheable)
 
     def _substitute_action(self, action: str, ev: Evaluation) -> str:
         return devar(action, "action", ev.request, ev.dnsbl_text) or action
@@ -137,7 +158,11 @@ class Engine:
         for key, conds in rule.items.items():
             if key in DNSBL_KEYS:
                 continue
-            value = date if key in compare.DATE_ITEMS else request.get(key, "")
+            if key in compare.DATE_ITEMS:
+                ev.cacheable = False
+                value = date
+            else:
+                value = request.get(key, "")
             res = await self.compare_item(key, conds, "1", value, ev)
             if not res:
                 return 0, 0, 0
@@ -146,6 +171,8 @@ class Engine:
             return matched, 0, 0
         results = await run_dnsbl_queries(self.dns, rule, request, self.dns_budget,
                                           self.dnsbl_metrics, self.query_labels, ev.now)
+        if not results.complete:
+            ev.cacheable = False  # a timed-out list may answer next time
         outcome = await self._compare_dnsbl(rule, ev, results, matched)
         # postward's addition: postscreen-style weighted score of this rule's lists
         request["dnsbl_score"] = perl.num_str(results.score)
@@ -192,6 +219,7 @@ class Engine:
             if not cmp:
                 continue
             if m := LIVE_LIST.match(val):
+                ev.cacheable = False
                 pending.extend(self.live_lists.read(m.group(1).lower(), cmp, m.group(2)))
                 continue
             neg = deneg(val)
@@ -217,6 +245,7 @@ class Engine:
         if key in compare.DNS_ITEMS:
             if self.dns is None or "." not in item:
                 return False
+            ev.cacheable = False  # these lookups are not checked for failures: not kept
             values = await dns_item_values(self.dns, key, item)
             if key.endswith("_addrs") or key == "helo_address":
                 return any(compare.cidr(cmp, val, v) for v in values)

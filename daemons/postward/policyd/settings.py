@@ -41,6 +41,11 @@ class PolicydSettings:
     idle_timeout: float = setting(600.0, v.duration(1, 86400),
                                   "close a connection idle this long (Postfix's own "
                                   "smtpd_policy_service_max_idle is 300s)")
+    request_cache: float = setting(60.0, v.duration(0, 3600),
+                                   "give a request the answer an identical request got this "
+                                   "recently (postfwd's request cache; 0: off); decisions "
+                                   "that used Redis state, ask(), the clock or live lists are "
+                                   "never kept")
     workers: int = setting(1, v.integer(1, 64),
                            "processes answering on the same sockets (one per core is right "
                            "for a busy MX: all state is in Redis)")
