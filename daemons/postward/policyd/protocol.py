@@ -20,7 +20,7 @@ from postward.core.redis_store import StoreUnavailable
 from postward.core.service import InFlight
 from postward.policyd.actions import QuitRequested
 from postward.policyd.engine import Engine
-from postward.policyd.request import parse_attribute
+from postward.policyd.request import parse_attribute_bytes
 
 log = get_log("policyd.protocol")
 
@@ -42,38 +42,49 @@ class _LineTooLong(Exception):
     pass
 
 
-class _LineReader:
-    """Lines from a stream, read in large chunks (one read serves a whole request)."""
+class _TooManyLines(Exception):
+    pass
 
-    def __init__(self, reader: asyncio.StreamReader, max_line: int) -> None:
+
+class _RequestReader:
+    """Whole requests from a stream: read in large chunks, split once per request (a request
+    is usually one read), CRLF taken as LF."""
+
+    def __init__(self, reader: asyncio.StreamReader, max_line: int, max_lines: int) -> None:
         self.reader = reader
         self.max_line = max_line
+        self.max_lines = max_lines
         self.buffer = b""
         self.offset = 0
+        self.partial = False
 
-    @property
-    def partial(self) -> bool:
-        return bool(self.buffer[self.offset:].strip())
-
-    async def next(self) -> str | None:
-        """The next line without its end (LF or CRLF); None at the end of the stream."""
+    async def next(self) -> list[bytes] | None:
+        """The lines of the next request (up to its empty line); None at the end of the
+        stream (``partial`` then says whether an unfinished request was cut off)."""
         while True:
-            end = self.buffer.find(b"\n", self.offset)
+            end = self.buffer.find(b"\n\n", self.offset)
             if end >= 0:
-                line = self.buffer[self.offset:end]
-                self.offset = end + 1
-                if len(line) > self.max_line:
+                lines = self.buffer[self.offset:end].split(b"\n")
+                self.offset = end + 2
+                if any(len(line) > self.max_line for line in lines):
                     raise _LineTooLong
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                return line.decode("utf-8", "surrogateescape")
-            if len(self.buffer) - self.offset > self.max_line:
-                raise _LineTooLong
+                return lines
+            self._check_unfinished()
             chunk = await self.reader.read(65536)
             if not chunk:
+                self.partial = bool(self.buffer[self.offset:].strip())
                 return None
-            self.buffer = self.buffer[self.offset:] + chunk
-            self.offset = 0
+            rest = self.buffer[self.offset:] + chunk
+            if b"\r" in rest:  # a '\r' at the very end waits for its '\n' in the next read
+                rest = rest.replace(b"\r\n", b"\n")
+            self.buffer, self.offset = rest, 0
+
+    def _check_unfinished(self) -> None:
+        last = self.buffer.rfind(b"\n", self.offset)
+        if len(self.buffer) - (last + 1 if last >= 0 else self.offset) > self.max_line:
+            raise _LineTooLong
+        if self.buffer.count(b"\n", self.offset) > self.max_lines:
+            raise _TooManyLines
 
 
 def action_class(action: str) -> str:
@@ -106,10 +117,11 @@ class PolicyServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or "unix"
         self._connections.inc()
-        lines = _LineReader(reader, self.limits.max_line_length)
+        requests = _RequestReader(reader, self.limits.max_line_length,
+                                  self.limits.max_attributes)
         try:
             while True:
-                attrs = await self._read_request(lines, peer)
+                attrs = await self._read_request(requests, peer)
                 if attrs is None:
                     return
                 if not attrs:
@@ -126,43 +138,47 @@ class PolicyServer:
             self._connections.dec()
             writer.close()
 
-    async def _read_request(self, lines: _LineReader, peer: object) -> dict[str, str] | None:
+    async def _read_request(self, requests: _RequestReader,
+                            peer: object) -> dict[str, str] | None:
         """The next request's attributes; None at a clean end of the connection."""
-        attrs: dict[str, str] = {}
-        count = 0
         try:
             # One deadline for the whole request: a timer per line would cost more than the
             # decision itself.
             async with asyncio.timeout(self.limits.idle_timeout):
-                while True:
-                    line = await lines.next()
-                    if line is None:
-                        if lines.partial or attrs:
-                            log.warning("request_truncated", peer=str(peer),
-                                        attributes=len(attrs))
-                            self._errors("truncated").inc()
-                        return None
-                    if not line:
-                        return attrs
-                    count += 1
-                    if count > self.limits.max_attributes:
-                        log.warning("too_many_attributes", peer=str(peer),
-                                    limit=self.limits.max_attributes)
-                        self._errors("too_many_attributes").inc()
-                        raise _Disconnect
-                    pair = parse_attribute(line)
-                    if pair is None:
-                        log.warning("garbage_line", peer=str(peer), line=line[:100])
-                        self._errors("garbage").inc()
-                        continue
-                    attrs[pair[0]] = pair[1]
+                lines = await requests.next()
         except _LineTooLong:
             log.warning("line_too_long", peer=str(peer), limit=self.limits.max_line_length)
             self._errors("line_too_long").inc()
             raise _Disconnect from None
+        except _TooManyLines:
+            self._too_many(peer)
         except TimeoutError:
             log.info("client_idle", peer=str(peer), timeout=self.limits.idle_timeout)
             raise _Disconnect from None
+        if lines is None:
+            if requests.partial:
+                log.warning("request_truncated", peer=str(peer))
+                self._errors("truncated").inc()
+            return None
+        attrs: dict[str, str] = {}
+        if len(lines) > self.limits.max_attributes:
+            self._too_many(peer)
+        for line in lines:
+            if not line:
+                continue  # stray empty lines before a request
+            pair = parse_attribute_bytes(line)
+            if pair is None:
+                log.warning("garbage_line", peer=str(peer),
+                            line=line[:100].decode("utf-8", "replace"))
+                self._errors("garbage").inc()
+                continue
+            attrs[pair[0]] = pair[1]
+        return attrs
+
+    def _too_many(self, peer: object) -> None:
+        log.warning("too_many_attributes", peer=str(peer), limit=self.limits.max_attributes)
+        self._errors("too_many_attributes").inc()
+        raise _Disconnect
 
     async def answer(self, attrs: dict[str, str]) -> str:
         start = self.clock.monotonic()

@@ -10,15 +10,20 @@ _MAX_NAME, _MAX_VALUE = 512, 512
 
 
 def parse_attribute(line: str) -> tuple[str, str] | None:
-    """``name=value`` as postfwd reads it: a name of up to 512 bytes, the value cut at 512
-    bytes. postfwd counts bytes, not characters; lines are decoded with surrogateescape, so a
-    cut through a UTF-8 sequence keeps the exact bytes (and they go back out unchanged)."""
-    raw = line.encode("utf-8", "surrogateescape")
-    m = re.match(rb"^([^=]{1,512})=(.{0,512})", raw, re.DOTALL)
-    if m is None:
+    """``name=value`` as postfwd reads it (see :func:`parse_attribute_bytes`)."""
+    return parse_attribute_bytes(line.encode("utf-8", "surrogateescape"))
+
+
+def parse_attribute_bytes(line: bytes) -> tuple[str, str] | None:
+    """``name=value`` as postfwd reads it: a name of 1 to 512 bytes up to the first '=', the
+    value cut at 512 bytes. postfwd counts bytes, not characters; names and values are decoded
+    with surrogateescape, so a cut through a UTF-8 sequence keeps the exact bytes (and they go
+    back out unchanged)."""
+    eq = line.find(b"=")
+    if not 0 < eq <= _MAX_NAME:
         return None
-    return (m.group(1).decode("utf-8", "surrogateescape"),
-            m.group(2).decode("utf-8", "surrogateescape"))
+    return (line[:eq].decode("utf-8", "surrogateescape"),
+            line[eq + 1:eq + 1 + _MAX_VALUE].decode("utf-8", "surrogateescape"))
 
 
 def with_derived_items(attrs: dict[str, str]) -> dict[str, str]:
