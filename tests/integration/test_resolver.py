@@ -200,3 +200,35 @@ def test_each_process_keeps_answers_briefly_in_front_of_redis(
     assert metrics.value("postward_test_dns_cache_hits_total", {"type": "A"}) == 1
     assert metrics.value("postward_test_dns_queries_total",
                          {"type": "A", "result": "NOERROR"}) == 1
+
+
+def test_query_many_reads_and_writes_the_cache_in_one_round_trip_each(
+        dns_testbed: DnsTestbed, redis_server: RedisServer) -> None:
+    names = [f"{'.'.join(reversed(CLIENT_ON_THREE.split('.')))}.{z}" for z in
+             ("dnsbl-a.test", "dnsbl-b.test", "dnsbl-c.test", "allow.test")]
+    first, metrics = make_resolver(dns_testbed, redis_server)
+
+    async def many(resolver: Resolver) -> list[Answer]:
+        try:
+            return await resolver.query_many([(n, "A") for n in names] + [(names[0], "A")])
+        finally:
+            await resolver.close()
+            assert resolver.store is not None
+            await resolver.store.close()
+
+    answers = asyncio.run(many(first))
+    assert [a.records for a in answers] == [("127.0.0.2",), ("127.0.0.4",), ("127.0.0.2",), (),
+                                            ("127.0.0.2",)]
+    assert answers[3].rcode == NXDOMAIN
+    # one MGET and one pipelined write for the four names (the repeat is answered once)
+    assert metrics.value("postward_test_redis_operations_total", {"op": "dns_cache_get"}) == 1
+    assert metrics.value("postward_test_redis_operations_total", {"op": "dns_cache_put"}) == 1
+    assert metrics.value("postward_test_dns_queries_total",
+                         {"type": "A", "result": "NOERROR"}) == 3
+
+    dns_testbed.stop()  # the next resolver can only answer from Redis
+    second, metrics2 = make_resolver(dns_testbed, redis_server)
+    again = asyncio.run(many(second))
+    assert [a.records for a in again] == [a.records for a in answers]
+    assert all(a.from_cache for a in again)
+    assert metrics2.value("postward_test_dns_cache_hits_total", {"type": "A"}) == 4

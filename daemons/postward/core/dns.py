@@ -110,8 +110,9 @@ class AiodnsTransport:
 
     async def query(self, name: str, rtype: str) -> Answer:
         try:
-            # c-ares has its own timeout; wait_for is the hard stop should it not fire.
-            result = await asyncio.wait_for(self._channel().query_dns(name, rtype), self._budget)
+            # c-ares has its own timeout; this is the hard stop should it not fire.
+            async with asyncio.timeout(self._budget):
+                result = await self._channel().query_dns(name, rtype)
         except aiodns.error.DNSError as e:
             code = e.args[0] if e.args else None
             return Answer(name, rtype, _ARES_RCODES.get(code, ERROR))
@@ -193,6 +194,78 @@ class Resolver:
         finally:
             del self._inflight[key]
 
+    async def query_many(self, queries: list[tuple[str, str]]) -> list[Answer]:
+        """Several lookups at once (a rule's DNSBLs): one Redis round trip reads the cache for
+        all of them, the misses go to the nameservers together, one round trip stores them."""
+        keys = [(name.rstrip(".").lower(), rtype) for name, rtype in queries]
+        found: dict[tuple[str, str], Answer] = {}
+        todo: list[tuple[str, str]] = []
+        for key in keys:
+            if key in found or key in todo:
+                continue
+            if (local := self._local_get(key)) is not None:
+                self._local_hits(key[1]).inc()
+                found[key] = local
+            else:
+                todo.append(key)
+        if todo and self.store is not None:
+            for key, answer in zip(todo, await self._cache_get_many(todo), strict=True):
+                if answer is not None:
+                    self._hits(key[1]).inc()
+                    found[key] = answer
+                    self._local_put(key, answer)
+                else:
+                    self._misses(key[1]).inc()
+            todo = [key for key in todo if key not in found]
+        if todo:
+            answers = await asyncio.gather(*(self._ask_nameservers(n, t) for n, t in todo))
+            for key, answer in zip(todo, answers, strict=True):
+                found[key] = answer
+                self._local_put(key, answer)
+            await self._cache_put_many(answers)
+        return [found[key] for key in keys]
+
+    async def _ask_nameservers(self, name: str, rtype: str) -> Answer:
+        start = self.clock.monotonic()
+        answer = await self.transport.query(name, rtype)
+        self._latency(rtype).observe(self.clock.monotonic() - start)
+        self._queries(rtype, answer.rcode).inc()
+        if answer.rcode in (TIMEOUT, SERVFAIL, ERROR):
+            log.info("dns_failure", name=name, type=rtype, result=answer.rcode)
+        return answer
+
+    async def _cache_get_many(self, keys: list[tuple[str, str]]) -> list[Answer | None]:
+        assert self.store is not None
+        redis_keys = [self._cache_key(name, rtype) for name, rtype in keys]
+        try:
+            raws = await self.store.run("dns_cache_get", lambda c: c.mget(redis_keys))
+        except StoreUnavailable:
+            return [None] * len(keys)
+        return [None if raw is None else self._decode(name, rtype, raw)
+                for (name, rtype), raw in zip(keys, raws, strict=True)]
+
+    async def _cache_put_many(self, answers: list[Answer]) -> None:
+        if self.store is None:
+            return
+        entries = []
+        for answer in answers:
+            keep = self._keep_for(answer) if answer.rcode in _CACHEABLE else 0
+            if keep > 0:
+                entries.append((self._cache_key(answer.name, answer.rtype),
+                                self._encode(answer, keep), max(1, int(keep * 1000))))
+        if not entries:
+            return
+
+        async def write(c: Any) -> Any:
+            pipe = c.pipeline(transaction=False)
+            for key, value, px in entries:
+                pipe.set(key, value, px=px)
+            return await pipe.execute()
+
+        # A cache that cannot be written is only a slower cache: the answers stand.
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.run("dns_cache_put", write)
+
     async def _lookup(self, name: str, rtype: str) -> Answer:
         cached = await self._cache_get(name, rtype)
         if cached is not None:
@@ -200,12 +273,7 @@ class Resolver:
             return cached
         if self.store is not None:
             self._misses(rtype).inc()
-        start = self.clock.monotonic()
-        answer = await self.transport.query(name, rtype)
-        self._latency(rtype).observe(self.clock.monotonic() - start)
-        self._queries(rtype, answer.rcode).inc()
-        if answer.rcode in (TIMEOUT, SERVFAIL, ERROR):
-            log.info("dns_failure", name=name, type=rtype, result=answer.rcode)
+        answer = await self._ask_nameservers(name, rtype)
         await self._cache_put(answer)
         return answer
 
@@ -253,14 +321,21 @@ class Resolver:
             return None
         if raw is None:
             return None
+        return self._decode(name, rtype, raw)
+
+    def _decode(self, name: str, rtype: str, raw: bytes) -> Answer | None:
         try:
             entry = json.loads(raw)
             remaining = max(0, int(entry["exp"] - self.clock.time()))
             return Answer(name, rtype, entry["rcode"], tuple(entry["records"]), remaining,
                           from_cache=True)
         except (ValueError, KeyError, TypeError):
-            log.warning("dns_cache_corrupt", key=key)
+            log.warning("dns_cache_corrupt", name=name, type=rtype)
             return None
+
+    def _encode(self, answer: Answer, keep: float) -> str:
+        return json.dumps({"rcode": answer.rcode, "records": list(answer.records),
+                           "exp": self.clock.time() + keep})
 
     async def _cache_put(self, answer: Answer) -> None:
         if self.store is None or answer.rcode not in _CACHEABLE:
@@ -269,8 +344,7 @@ class Resolver:
         if keep <= 0:
             return
         key = self._cache_key(answer.name, answer.rtype)
-        value = json.dumps({"rcode": answer.rcode, "records": list(answer.records),
-                            "exp": self.clock.time() + keep})
+        value = self._encode(answer, keep)
         # A cache that cannot be written is only a slower cache: the answer stands.
         with contextlib.suppress(StoreUnavailable):
             await self.store.run("dns_cache_put",

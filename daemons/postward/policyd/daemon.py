@@ -143,6 +143,13 @@ class _Budgeted:
         except TimeoutError:
             return Answer(name, rtype, TIMEOUT)
 
+    async def query_many(self, queries: list[tuple[str, str]]) -> list[Answer]:
+        try:
+            async with asyncio.timeout(self.budget):
+                return await self.resolver.query_many(queries)
+        except TimeoutError:
+            return [Answer(name, rtype, TIMEOUT) for name, rtype in queries]
+
 
 def run_daemon(config_path: Path) -> int:
     load_config_or_exit(config_path)  # config errors: file:line, exit 2

@@ -32,6 +32,10 @@ class DnsLookups(Protocol):
         """An answer at hand without waiting (a process-local cache), or None."""
         ...
 
+    async def query_many(self, queries: list[tuple[str, str]]) -> list[Answer]:
+        """Several lookups at once, in order."""
+        ...
+
 
 @dataclass(frozen=True)
 class ListSpec:
@@ -237,45 +241,28 @@ async def run_dnsbl_queries(dns: DnsLookups, rule: Rule, request: Mapping[str, s
             # postfwd keeps the last TXT record and turns commas into spaces (for set()).
             results.txt[name] = answer.records[-1].replace(",", " ")
 
-    async def a(name: str) -> None:
-        take_a(name, await dns.query(name, "A"))
+    async def phase(rtype: str, wanted: list[str], take) -> None:  # type: ignore[no-untyped-def]
+        missing = []
+        for name in wanted:  # answers in this process's cache: no waiting at all
+            answer = dns.peek(name, rtype)
+            if answer is None:
+                missing.append(name)
+            else:
+                take(name, answer)
+        if not missing:
+            return
+        try:
+            async with asyncio.timeout(budget):
+                answers = await dns.query_many([(name, rtype) for name in missing])
+        except TimeoutError:  # past the budget: not listed
+            results.complete = False
+            answers = [Answer(name, rtype, "TIMEOUT") for name in missing]
+        for name, answer in zip(missing, answers, strict=True):
+            take(name, answer)
 
-    async def txt(name: str) -> None:
-        take_txt(name, await dns.query(name, "TXT"))
-
-    # Answers already in this process's cache are taken at once: no task, no waiting.
-    missing = []
-    for name in names:
-        answer = dns.peek(name, "A")
-        if answer is None:
-            missing.append(a(name))
-        else:
-            take_a(name, answer)
-    if not await _bounded(missing, budget):
-        results.complete = False
-    missing = []
-    for name in (n for n in names if results.a.get(n)):
-        answer = dns.peek(name, "TXT")
-        if answer is None:
-            missing.append(txt(name))
-        else:
-            take_txt(name, answer)
-    if not await _bounded(missing, budget):
-        results.complete = False
+    await phase("A", list(names), take_a)
+    await phase("TXT", [n for n in names if results.a.get(n)], take_txt)
     return results
-
-
-async def _bounded(coros: list, budget: float | None) -> bool:
-    """Run the lookups within ``budget``; False if any ran out of time or raised."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    if not tasks:
-        return True
-    done, pending = await asyncio.wait(tasks, timeout=budget)
-    for task in pending:  # past the budget: not listed
-        task.cancel()
-    # a lookup that raised counts as not listed; it never propagates
-    failed = [task for task in done if task.exception() is not None]
-    return not pending and not failed
 
 
 async def dns_item_values(dns: DnsLookups, key: str, item: str) -> list[str]:
