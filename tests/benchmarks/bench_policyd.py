@@ -635,13 +635,15 @@ def build_scenarios(streams: Streams, limit: Target, postward_guide: Sequence[Ta
                  f"{REPEATED_CLIENTS} clients listed on dnsbl-a, -b and -c, in turn, the same "
                  f"requests again and again: every answer is the guide's 554. postfwd2 answers "
                  f"from its request cache (its cache key includes client_port, so in production "
-                 f"that cache only helps within one SMTP session); postward evaluates the rules "
-                 f"with the DNS answers cached in Redis.",
+                 f"that cache only helps within one SMTP session); postward answers from its "
+                 f"own request cache too ([policyd] request_cache, 60 s), which keeps only "
+                 f"decisions that used no Redis state, clock or failed lookup.",
                  (*postward_guide, peer(postfwd)), streams.repeated_clients),
         Scenario("clean", "(b) a clean client: no rule matches",
                  "The test bed's clean client (203.0.113.10, mail.clean.example.test) again and "
-                 "again: DUNNO. postfwd2 never caches DUNNO, so both evaluate every rule; both "
-                 "have the DNS answers cached (postfwd2 in each child, postward in Redis).",
+                 "again: DUNNO. postfwd2 never caches DUNNO, so it evaluates every rule (DNS "
+                 "answers cached in each child); postward's request cache keeps this DUNNO as "
+                 "any other decision.",
                  (*postward_guide, peer(postfwd)), streams.clean_client),
         Scenario("distinct", "(c) distinct clients: every cache misses",
                  "A client address never seen before in every request, half of them listed on "
