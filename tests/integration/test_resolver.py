@@ -232,3 +232,20 @@ def test_query_many_reads_and_writes_the_cache_in_one_round_trip_each(
     assert [a.records for a in again] == [a.records for a in answers]
     assert all(a.from_cache for a in again)
     assert metrics2.value("postward_test_dns_cache_hits_total", {"type": "A"}) == 4
+
+
+@pytest.mark.parametrize("name", ["bad\x8c.dnsbl-a.test", "a..b.dnsbl-a.test",
+                                  "x" * 70 + ".dnsbl-a.test", "\udcff.example.test"])
+def test_a_name_from_a_client_that_cannot_be_looked_up_is_an_error_answer(
+        dns_testbed: DnsTestbed, name: str) -> None:
+    resolver, metrics = make_resolver(dns_testbed, None)
+
+    async def both() -> list[Answer]:
+        try:
+            return [await resolver.query(name, "A"),
+                    *(await resolver.query_many([(name, "TXT")]))]
+        finally:
+            await resolver.close()
+
+    for answer in asyncio.run(both()):
+        assert not answer.ok and not answer.definite

@@ -118,6 +118,11 @@ class AiodnsTransport:
             return Answer(name, rtype, _ARES_RCODES.get(code, ERROR))
         except TimeoutError:
             return Answer(name, rtype, TIMEOUT)
+        except (UnicodeError, ValueError, TypeError) as e:
+            # Names come from SMTP clients (HELO, reverse names, senders): one that cannot be
+            # a DNS name is an answer too, never an exception in the caller.
+            log.info("dns_bad_name", name=name[:100], type=rtype, error=str(e)[:200])
+            return Answer(name, rtype, ERROR)
         want = self._TYPE_CODES[rtype]
         records = [r for r in result.answer if r.type == want]
         if not records:
