@@ -238,7 +238,7 @@ def test_query_many_reads_and_writes_the_cache_in_one_round_trip_each(
                                   "x" * 70 + ".dnsbl-a.test", "\udcff.example.test"])
 def test_a_name_from_a_client_that_cannot_be_looked_up_is_an_error_answer(
         dns_testbed: DnsTestbed, name: str) -> None:
-    resolver, metrics = make_resolver(dns_testbed, None)
+    resolver, _ = make_resolver(dns_testbed, None)
 
     async def both() -> list[Answer]:
         try:
