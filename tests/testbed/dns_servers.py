@@ -216,7 +216,33 @@ def _rbldnsd_user() -> str:
     raise RuntimeError("neither user rbldns nor nobody exists; rbldnsd will not run as root")
 
 
-class Rbldnsd:
+class _Server:
+    """What Rbldnsd and Unbound share: one ManagedProcess, restarted as a whole."""
+
+    _process: ManagedProcess | None
+
+    def start(self, timeout: float = 20.0) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def restart(self, timeout: float = 20.0) -> None:
+        self.stop()
+        self.start(timeout)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.running()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self._process.log_tail(lines) if self._process else "(not started)"
+
+
+class Rbldnsd(_Server):
     """A real rbldnsd in the foreground, serving ``zones`` on ``address``:``port`` (UDP only)."""
 
     def __init__(
@@ -339,20 +365,6 @@ class Rbldnsd:
     def stop(self) -> None:
         if self._process is not None:
             self._process.stop()
-
-    def restart(self, timeout: float = 20.0) -> None:
-        self.stop()
-        self.start(timeout)
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    def running(self) -> bool:
-        return self._process is not None and self._process.running()
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self._process.log_tail(lines) if self._process else "(not started)"
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -517,7 +529,7 @@ class Stub:
         object.__setattr__(self, "name", fqdn(self.name))
 
 
-class Unbound:
+class Unbound(_Server):
     """A real unbound in the foreground with local test data and stubs, answering nothing else.
 
     ``outside``: how names outside every test zone are answered, ``static`` (NXDOMAIN) or
@@ -672,20 +684,6 @@ class Unbound:
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
-
-    def restart(self, timeout: float = 20.0) -> None:
-        self.stop()
-        self.start(timeout)
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    def running(self) -> bool:
-        return self._process is not None and self._process.running()
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self._process.log_tail(lines) if self._process else "(not started)"
 
     # -- changes at run time ------------------------------------------------------------------
 
