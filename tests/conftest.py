@@ -17,6 +17,8 @@ pytest_plugins = [
     "tests.testbed.dns_fixtures",
     "tests.testbed.postfix_fixtures",
     "tests.policyd.daemon_fixture",
+    "tests.dkim.dkim_fixtures",
+    "tests.dkim.milter_fixture",
 ]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from postward.core.config import DEFAULT_PATH, load_sections
 from postward.core.settings import DnsSettings, LoggingSettings, MetricsSettings, RedisSettings
+from postward.dkim.settings import DkimSettings
 from postward.policyd.greylist_settings import GreylistSettings
 from postward.policyd.settings import PolicydSettings
 
@@ -21,6 +22,7 @@ SCHEMA: dict[str, type] = {
     "logging": LoggingSettings,
     "policyd": PolicydSettings,
     "greylist": GreylistSettings,
+    "dkim": DkimSettings,
 }
 
 
@@ -33,6 +35,7 @@ class Config:
     logging: LoggingSettings
     policyd: PolicydSettings
     greylist: GreylistSettings
+    dkim: DkimSettings
 
 
 def load_config(path: Path = DEFAULT_PATH) -> Config:

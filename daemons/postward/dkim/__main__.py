@@ -1,0 +1,3 @@
+from postward.dkim.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""postward-dkim's Prometheus metrics (``postward_dkim_*``); listed in docs/metrics.md."""
+
+from __future__ import annotations
+
+from postward.core.metrics import Labelled, Metrics
+
+CALLBACKS = ("connect", "header", "eoh", "body", "eom")
+
+
+class DkimMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        self.signatures = Labelled(metrics.counter(
+            "signatures_total", "DKIM signatures made, by signing domain and algorithm",
+            ["domain", "algorithm"]))
+        self.verifications = Labelled(metrics.counter(
+            "verifications_total",
+            "DKIM signatures checked, by result (pass, fail, neutral, temperror, permerror, "
+            "none = a message without a signature)", ["result"]))
+        self.key_lookups = Labelled(metrics.counter(
+            "key_lookups_total",
+            "public-key lookups by where the answer came from (cache = the shared Redis or the "
+            "process cache, dns = a nameserver, failed = no answer)", ["source"]))
+        self.callback_seconds = Labelled(metrics.histogram(
+            "callback_seconds", "time spent in each milter callback", ["callback"]))
+        self.errors = Labelled(metrics.counter(
+            "errors_total", "failures inside postward-dkim, by kind (callback, sign, config)",
+            ["kind"]))
+        self.messages = Labelled(metrics.counter(
+            "messages_total",
+            "messages by what postward-dkim did (signed, verified, skipped, tempfailed, "
+            "rejected, discarded, quarantined)", ["action"]))
+        self.forged_ar_removed = metrics.counter(
+            "forged_ar_removed_total",
+            "Authentication-Results fields carrying our authserv-id that arrived with a message "
+            "and were removed")
+        for name in CALLBACKS:
+            self.callback_seconds(name)
+        for result in ("pass", "fail", "neutral", "temperror", "permerror", "none"):
+            self.verifications(result)
