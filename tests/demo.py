@@ -22,13 +22,16 @@ from postward.core.dns import Resolver
 from postward.core.metrics import Metrics
 from postward.core.redis_store import RedisStore
 from postward.core.settings import DnsSettings, RedisSettings
+from tests.dkim.dkim_fixtures import DkimKeys, dkim_local_zones
+from tests.dkim.milter_fixture import DkimDaemon, KeySpec
+from tests.dkim.peers import DkimPeers, generate_key
+from tests.dkim.test_milter_postfix import xclient_send
 from tests.policyd.daemon_fixture import PolicyDaemon
 from tests.policyd.test_postfix_integration import guide_rules_with_greylist, smtp_as
 from tests.testbed.dns_fixtures import (
     CLIENT_CLEAN,
     CLIENT_ON_ONE,
     CLIENT_ON_THREE,
-    DEFAULT_LOCAL_ZONES,
     DEFAULT_ZONES,
     DNSBL_ZONES,
 )
@@ -136,6 +139,57 @@ def policyd_scene(root: Path, address: str, redis: RedisServer, dns: DnsTestbed)
     say()
 
 
+def dkim_scene(root: Path, address: str, redis: RedisServer, dns: DnsTestbed,
+               keys: DkimKeys) -> None:
+    say("== postward-dkim: the guide's opendkim.conf, KeyTable, SigningTable, TrustedHosts")
+    rx_dkim = DkimDaemon(root / "dkim-rx", address, redis_url=redis.url,
+                         nameserver=dns.nameserver).start()
+    tx_dkim = DkimDaemon(root / "dkim-tx", address, redis_url=redis.url,
+                         nameserver=dns.nameserver, trusted_hosts=["127.0.0.1", address],
+                         keys=[KeySpec("example.test", keys.rsa2048.selector,
+                                       keys.rsa2048.private_pem),
+                               KeySpec("example.test", keys.ed25519.selector,
+                                       keys.ed25519.private_pem, "ed25519")]).start()
+    receiver = PostfixInstance(root / "postfix-rx", address, domains=["receiver.test"],
+                               snippets=[SNIPPETS / "dkim.main.cf"],
+                               overrides={"postward_dkim_milter": rx_dkim.milter},
+                               name="postfix-rx")
+    sender = None
+    try:
+        receiver.start()
+        sender = PostfixInstance(root / "postfix-tx", address, domains=["sender.test"],
+                                 relay_routes={"receiver.test": receiver.nexthop},
+                                 snippets=[SNIPPETS / "dkim.main.cf"],
+                                 overrides={"postward_dkim_milter": tx_dkim.milter},
+                                 name="postfix-tx").start()
+        say(f"  sending Postfix {sender.smtp_service} + postward-dkim {tx_dkim.milter} (signs)")
+        say(f"  receiving Postfix {receiver.smtp_service} + postward-dkim {rx_dkim.milter} "
+            f"(verifies)")
+        message = make_message("alice@example.test", "bob@receiver.test",
+                               subject="signed by postward").as_bytes()
+        code, _ = xclient_send(sender, "alice@example.test", "bob@receiver.test", message)
+        say(f"  alice@example.test -> bob@receiver.test from an InternalHost: DATA {code}")
+        [got] = receiver.maildir.wait_for(1, timeout=30)
+        for sig in got.message.get_all("DKIM-Signature", []):
+            tags = dict(t.strip().split("=", 1) for t in " ".join(str(sig).split()).split(";")
+                        if "=" in t)
+            say(f"  DKIM-Signature: a={tags['a']} d={tags['d']} s={tags['s']} "
+                f"c={tags['c']} h={tags['h']}")
+        results = " ".join(str(got.message["Authentication-Results"]).split())
+        say(f"  at the receiver: Authentication-Results: {results}")
+        peers = DkimPeers(dns.nameserver, root / "peers")
+        say(f"  OpenDKIM says:   {peers.opendkim_verify(got.raw).results}")
+        say(f"  Mail::DKIM says: {peers.mail_dkim_verify(got.raw).results} "
+            f"(it knows no Ed25519)")
+    finally:
+        if sender is not None:
+            sender.stop()
+        receiver.stop()
+        tx_dkim.stop()
+        rx_dkim.stop()
+    say()
+
+
 def main() -> int:
     address = private_loopback()
     say(f"postward demo on private address {address}")
@@ -144,8 +198,15 @@ def main() -> int:
         (root / "redis").mkdir()
         redis = stack.enter_context(started(RedisServer(root / "redis", address)))
         say(f"redis-server   {redis.url}")
+        (root / "keys").mkdir()
+        keys = DkimKeys(*(generate_key(root / "keys", domain, selector, algorithm, bits)
+                          for domain, selector, algorithm, bits in (
+                              ("example.test", "rsa2048", "rsa", 2048),
+                              ("example.test", "rsa1024", "rsa", 1024),
+                              ("example.test", "ed", "ed25519", 256),
+                              ("other.test", "sel", "rsa", 2048))))
         dns = stack.enter_context(started(DnsTestbed(root / "dns", address, DEFAULT_ZONES,
-                                                     DEFAULT_LOCAL_ZONES)))
+                                                     dkim_local_zones(keys))))
         say(f"unbound        {dns.nameserver} (rbldnsd behind it: {', '.join(DNSBL_ZONES)})")
         postfix = stack.enter_context(started(PostfixInstance(root / "postfix", address)))
         say(f"postfix        {postfix.smtp_service} delivering example.test to a Maildir")
@@ -153,6 +214,7 @@ def main() -> int:
         asyncio.run(dnsbl_scene(dns, redis))
         mail_scene(postfix)
         policyd_scene(root, address, redis, dns)
+        dkim_scene(root, address, redis, dns, keys)
     say("everything stopped and removed")
     return 0
 
