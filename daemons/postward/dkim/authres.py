@@ -68,7 +68,10 @@ def dkim_result(outcome: Outcome) -> str:
     return " ".join(parts)
 
 
-def header_value(authserv_id: str, outcomes: Sequence[Outcome]) -> str:
-    """The value of our Authentication-Results field; ``dkim=none`` when nothing was signed."""
+def header_value(authserv_id: str, outcomes: Sequence[Outcome],
+                 extra: Sequence[str] = ()) -> str:
+    """The value of our Authentication-Results field; ``dkim=none`` when nothing was signed;
+    ``extra`` resinfo (``arc=...``) follow."""
     results = [dkim_result(o) for o in outcomes] or ["dkim=none"]
+    results += extra
     return f" {authserv_id};\n\t" + ";\n\t".join(results)

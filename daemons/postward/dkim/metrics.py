@@ -33,6 +33,11 @@ class DkimMetrics:
             "forged_ar_removed_total",
             "Authentication-Results fields carrying our authserv-id that arrived with a message "
             "and were removed")
+        self.arc = Labelled(metrics.counter(
+            "arc_total",
+            "ARC chains checked by result (pass, fail, none) and messages passed without ARC "
+            "processing because of their size (skipped)", ["result"]))
+        self.arc_seals = metrics.counter("arc_seals_total", "ARC sets added (messages sealed)")
         for name in CALLBACKS:
             self.callback_seconds(name)
         for result in ("pass", "fail", "neutral", "temperror", "permerror", "none"):

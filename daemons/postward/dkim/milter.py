@@ -25,7 +25,7 @@ import Milter
 
 from postward.core.clock import Clock
 from postward.core.logs import get_log
-from postward.dkim import authres, verifier
+from postward.dkim import arc, authres, verifier
 from postward.dkim.canonical import BodyHashes
 from postward.dkim.headers import HeaderBlock
 from postward.dkim.metrics import DkimMetrics
@@ -70,6 +70,8 @@ class _Message:
     forged: list[int] = field(default_factory=list)
     verify: bool = False
     authenticated: bool = False
+    spool: arc.BodySpool | None = None     # the body, kept only when ARC needs it
+    arc_present: bool = False
 
 
 def _guarded(name: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
@@ -191,8 +193,13 @@ class DkimMilter(Milter.Base):
             msg.verify = True
             msg.signatures = verifier.prepare(fields, policy.max_signatures, msg.body)
             msg.forged = authres.forged_indexes(fields, policy.authserv_id)
+            msg.arc_present = policy.arc_verify and arc.has_arc(fields)
+            if msg.arc_present or policy.arc_sealer is not None:
+                msg.spool = arc.BodySpool(policy.arc_max_message_size,
+                                          policy.temporary_directory)
         needs_eom = bool(msg.keys) or (msg.verify and (
-            msg.signatures or msg.forged or policy.always_add_ar_header))
+            msg.signatures or msg.forged or policy.always_add_ar_header
+            or msg.spool is not None))
         if not needs_eom:
             if msg.verify:
                 self.shared.metrics.verifications("none").inc()
@@ -204,6 +211,8 @@ class DkimMilter(Milter.Base):
     @_guarded("body")
     def body(self, chunk: bytes) -> int:
         self.msg.body.update(chunk)
+        if self.msg.spool is not None:
+            self.msg.spool.write(chunk)
         return Milter.CONTINUE
 
     @_guarded("eom")
@@ -217,6 +226,8 @@ class DkimMilter(Milter.Base):
                 self._sign()
             return action
         finally:
+            if msg.spool is not None:
+                msg.spool.close()
             self._end()
 
     @_guarded("abort")
@@ -263,14 +274,53 @@ class DkimMilter(Milter.Base):
         for index in sorted(msg.forged, reverse=True):
             self.chgheader("Authentication-Results", index, None)
             metrics.forged_ar_removed.inc()
-        if outcomes or policy.always_add_ar_header:
-            self.addheader("Authentication-Results",
-                           authres.header_value(policy.authserv_id, outcomes), 0)
+        arc_outcome = self._check_arc()
+        extra = [arc_outcome.resinfo()] if arc_outcome else []
+        results = authres.header_value(policy.authserv_id, outcomes, extra)
+        if outcomes or extra or policy.always_add_ar_header:
+            self.addheader("Authentication-Results", results, 0)
+        if policy.arc_sealer is not None and arc_outcome is not None:
+            self._seal(results)
         if policy.log_why or policy.log_success:
             for o in outcomes:
                 log.info("verified", queue_id=self._queue_id(), result=o.result,
                          domain=o.domain, selector=o.selector, reason=o.reason or "-")
         return self._apply(policy.action_for(outcomes))
+
+    def _check_arc(self) -> arc.ArcOutcome | None:
+        """The chain's verdict; None when ARC is not looked at for this message."""
+        msg, policy = self.msg, self.policy
+        if msg.spool is None:
+            return None
+        if msg.spool.too_big:
+            self.shared.metrics.arc("skipped").inc()
+            return None
+        if not msg.arc_present:
+            return arc.ArcOutcome("none")
+        message = arc.whole_message(msg.headers.fields, msg.spool.read())
+        outcome = arc.verify_chain(message, self.shared.lookup, policy.minimum_key_bits)
+        self.shared.metrics.arc(outcome.result).inc()
+        return outcome
+
+    def _seal(self, results: str) -> None:
+        msg, policy = self.msg, self.policy
+        assert msg.spool is not None and policy.arc_sealer is not None
+        ours = (b"Authentication-Results", results.replace("\n", "\r\n").encode() + b"\r\n")
+        # As the message will leave: our results on top, forged ones gone.
+        forged = set(msg.forged)
+        fields, position = [ours], 0
+        for name, value in msg.headers.fields:
+            if name.lower() == b"authentication-results":
+                position += 1
+                if position in forged:
+                    continue
+            fields.append((name, value))
+        message = arc.whole_message(fields, msg.spool.read())
+        now = int(self.shared.clock.time())
+        for name, value in reversed(arc.seal(message, policy.arc_sealer, policy.authserv_id,
+                                             now)):
+            self.addheader(name, value.decode("ascii"), 0)
+        self.shared.metrics.arc_seals.inc()
 
     def _apply(self, action: str) -> int:
         metrics = self.shared.metrics

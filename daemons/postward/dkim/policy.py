@@ -14,6 +14,7 @@ from pathlib import Path
 
 from postward.core.config_file import ConfigError, Problem
 from postward.core.logs import get_log
+from postward.dkim.arc import ArcSealer
 from postward.dkim.keys import KeyFileError, PrivateKey, load_private_key
 from postward.dkim.keytables import KeyTable, MissingKey
 from postward.dkim.opendkim_conf import OpenDkimConfig, load_opendkim_conf
@@ -40,6 +41,7 @@ class DkimPolicy:
     settings: DkimSettings
     keys: dict[str, PrivateKey]          # key file path -> loaded key
     socket: MilterSocket
+    arc_sealer: ArcSealer | None = None
 
     # -- what the milter asks ----------------------------------------------------------------
 
@@ -94,6 +96,18 @@ class DkimPolicy:
     @property
     def max_header_bytes(self) -> int:
         return self.conf.maximum_headers or 10_000_000
+
+    @property
+    def arc_verify(self) -> bool:
+        return self.settings.arc_verify
+
+    @property
+    def arc_max_message_size(self) -> int:
+        return self.settings.arc_max_message_size
+
+    @property
+    def temporary_directory(self) -> str:
+        return str(self.conf.temporary_directory)
 
     @property
     def umask(self) -> int:
@@ -197,6 +211,19 @@ def load_policy(conf_path: Path, settings: DkimSettings, run_as: RunAs | None,
                                 f"Socket {sock}: not a loopback address or local socket; the "
                                 f"milter protocol has no authentication (set [dkim] "
                                 f"allow_non_loopback = yes to insist)"))
+    sealer = None
+    if settings.arc_seal_key and check_keys:
+        uid = run_as.uid if run_as else os.getuid()
+        gids = set(run_as.groups | {run_as.gid}) if run_as else {os.getgid(), *os.getgroups()}
+        try:
+            key = load_private_key(Path(settings.arc_seal_key), uid, gids,
+                                   require_safe=conf.require_safe_keys)
+            if key.algorithm != "rsa":
+                raise KeyFileError(f"{settings.arc_seal_key}: ARC seals are RSA-SHA256 only "
+                                   f"(RFC 8617); this is an {key.algorithm} key")
+            sealer = ArcSealer(settings.arc_seal_domain, settings.arc_seal_selector, key)
+        except KeyFileError as e:
+            problems.append(Problem(str(conf_path), 0, f"[dkim] arc_seal_key: {e}"))
     if problems:
         raise ConfigError(problems)
-    return DkimPolicy(conf, settings, keys, sock)
+    return DkimPolicy(conf, settings, keys, sock, sealer)

@@ -32,3 +32,21 @@ class DkimSettings:
     allow_non_loopback: bool = setting(False, v.boolean,
                                        "allow an inet socket on a non-loopback address (the "
                                        "milter protocol has no authentication)")
+    arc_verify: bool = setting(True, v.boolean,
+                               "check ARC chains (RFC 8617) on incoming mail; arc= goes into "
+                               "Authentication-Results")
+    arc_seal_key: str = setting("", v.text,
+                                "RSA key file to ARC-seal incoming mail with (a forwarding host: "
+                                "mailing lists, aliases to other domains); empty: no sealing")
+    arc_seal_domain: str = setting("", v.text, "d= of the ARC seal")
+    arc_seal_selector: str = setting("", v.text, "s= of the ARC seal")
+    arc_max_message_size: int = setting(10 * 1024 * 1024, v.integer(0, 1 << 31),
+                                        "ARC needs the whole message in hand: bigger messages "
+                                        "(bytes) pass without ARC checks or seals")
+
+    def check(self) -> list[tuple[str, str]]:
+        seal = (self.arc_seal_key, self.arc_seal_domain, self.arc_seal_selector)
+        if any(seal) and not all(seal):
+            return [("arc_seal_key", "ARC sealing needs arc_seal_key, arc_seal_domain and "
+                                     "arc_seal_selector together")]
+        return []
