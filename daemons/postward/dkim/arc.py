@@ -52,8 +52,9 @@ class BodySpool:
     """The body as it streams, up to ``limit`` bytes (beyond: dropped, ``too_big`` set)."""
 
     def __init__(self, limit: int, directory: str | None = None) -> None:
-        self._file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_IN_MEMORY,
-                                                              dir=directory)
+        # Closed by close(), which the milter calls at end of message whatever happens.
+        self._file: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=_IN_MEMORY, dir=directory)
         self._limit = limit
         self.size = 0
         self.too_big = False
