@@ -9,6 +9,7 @@ from pathlib import Path
 
 from postward.core.config import DEFAULT_PATH, describe
 from postward.core.runtime import Runtime, load_config_or_exit
+from postward.classifier.cli import add_classifier_commands
 from postward.dkim.cli import add_dkim_commands
 from postward.schema import SCHEMA
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("type", nargs="?", default="A")
     d.set_defaults(func=lambda a: asyncio.run(_dns(a)))
     add_dkim_commands(sub)
+    add_classifier_commands(sub)
     return p
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from postward.core.config import DEFAULT_PATH, load_sections
 from postward.core.settings import DnsSettings, LoggingSettings, MetricsSettings, RedisSettings
+from postward.classifier.settings import ClassifierSettings
 from postward.dkim.settings import DkimSettings
 from postward.policyd.greylist_settings import GreylistSettings
 from postward.policyd.settings import PolicydSettings
@@ -23,6 +24,7 @@ SCHEMA: dict[str, type] = {
     "policyd": PolicydSettings,
     "greylist": GreylistSettings,
     "dkim": DkimSettings,
+    "classifier": ClassifierSettings,
 }
 
 
@@ -36,6 +38,7 @@ class Config:
     policyd: PolicydSettings
     greylist: GreylistSettings
     dkim: DkimSettings
+    classifier: ClassifierSettings
 
 
 def load_config(path: Path = DEFAULT_PATH) -> Config:

@@ -1,0 +1,1 @@
+"""postward-filter and postward-classifierd: a token spam classifier in place of dspam."""

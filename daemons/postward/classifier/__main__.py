@@ -1,0 +1,3 @@
+from postward.classifier.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""What the classifier does with a message: classify, decide whether to learn, retrain.
+
+dspam's training modes: TEFT trains every message as what it was classified as; TOE trains
+only corrections (the user's "this is spam / not spam"); TUM trains everything until the
+user's model has seen 2,500 innocent messages, then only corrections; NOTRAIN never trains
+(corrections included). Retraining needs only the X-DSPAM-Signature id: the message's tokens
+were kept in Redis under it when it was classified.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+
+from postward.classifier.model import INNOCENT, SPAM, UNSURE, ModelSettings, Verdict, classify
+from postward.classifier.settings import ClassifierSettings
+from postward.classifier.store import GLOBAL, SignatureRecord, TokenStore, digest, user_model
+from postward.classifier.tokenizer import TokenizerSettings, tokenize
+from postward.core.clock import Clock
+
+TUM_MATURE_INNOCENT = 2500
+RESULT_NAMES = {SPAM: "Spam", INNOCENT: "Innocent", UNSURE: "Unsure"}
+
+
+@dataclass(frozen=True)
+class Classified:
+    verdict: Verdict
+    signature: str
+    learnt: bool
+    headers: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Retrained:
+    changed: bool
+    detail: str
+
+
+def model_settings(s: ClassifierSettings) -> ModelSettings:
+    return ModelSettings(robs=s.robs, robx=s.robx, min_dev=s.min_dev,
+                         spam_cutoff=s.spam_cutoff, ham_cutoff=s.ham_cutoff, unsure=s.unsure)
+
+
+def _digests(tokens: list[str]) -> tuple[list[str], list[bytes]]:
+    """Tokens with distinct digests (a collision would count one token twice)."""
+    seen: dict[bytes, str] = {}
+    for token in tokens:
+        seen.setdefault(digest(token), token)
+    return list(seen.values()), list(seen.keys())
+
+
+class Classifier:
+    def __init__(self, store: TokenStore, settings: ClassifierSettings, clock: Clock,
+                 tokenizer: TokenizerSettings | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.model = model_settings(settings)
+        self.tokenizer = tokenizer or TokenizerSettings()
+        self.clock = clock
+
+    def tokens(self, message: bytes) -> tuple[list[str], list[bytes]]:
+        return _digests(tokenize(message, self.tokenizer))
+
+    async def classify(self, message: bytes, user: str, mode: str | None = None,
+                       learn: bool = True) -> Classified:
+        """Classify for ``user``; learn per the training mode; keep the signature."""
+        mode = mode or self.settings.training_mode
+        model = user_model(user)
+        tokens, digests = self.tokens(message)
+        found = await self.store.lookup(model, digests)
+        verdict = classify(tokens, found.hits, found.totals, self.model)
+        filed_as = SPAM if verdict.result == SPAM else INNOCENT
+        should_learn = learn and verdict.result != UNSURE and (
+            mode == "teft" or (mode == "tum" and found.user_totals.ham < TUM_MATURE_INNOCENT))
+        if should_learn:
+            await self._learn(model, digests, filed_as, +1)
+        signature = await self.store.save_signature(
+            SignatureRecord(model, filed_as, should_learn, tuple(digests)))
+        return Classified(verdict, signature, should_learn, self.headers(verdict, signature))
+
+    async def _learn(self, model: str, digests: list[bytes], label: str, delta: int) -> None:
+        spam, ham = (delta, 0) if label == SPAM else (0, delta)
+        await self.store.train(model, digests, spam, ham)
+        if self.settings.global_training and model != GLOBAL:
+            await self.store.train(GLOBAL, digests, spam, ham)
+
+    async def retrain(self, user: str, label: str, source: str, signature: str | None,
+                      message: bytes | None, mode: str | None = None) -> Retrained:
+        """A correction (source=error) or a training example (corpus/inoculation)."""
+        mode = mode or self.settings.training_mode
+        if mode == "notrain":
+            return Retrained(False, "training mode notrain: nothing learnt")
+        model = user_model(user)
+        if source == "error":
+            record = await self.store.load_signature(signature or "") if signature else None
+            if record is not None:
+                return await self._correct(signature or "", record, label)
+            if message is None:
+                raise LookupError(f"signature {signature!r} not found (expired after "
+                                  f"{self.settings.signature_ttl / 86400:g} days?)")
+        if message is None:
+            raise ValueError("training without a signature needs the message")
+        _tokens, digests = self.tokens(message)
+        # Inoculation is dspam's "this is certainly spam": learnt with more weight.
+        for _ in range(5 if source == "inoculation" else 1):
+            await self._learn(model, digests, label, +1)
+        return Retrained(True, f"learnt as {label} from the message ({source})")
+
+    async def _correct(self, sig_id: str, record: SignatureRecord, label: str) -> Retrained:
+        if record.filed_as == label and record.learnt:
+            return Retrained(False, f"already learnt as {label}")
+        digests = list(record.digests)
+        if record.learnt:
+            await self._learn(record.model, digests, record.filed_as, -1)
+        await self._learn(record.model, digests, label, +1)
+        await self.store.update_signature(sig_id, SignatureRecord(record.model, label, True,
+                                                                  record.digests))
+        return Retrained(True, f"relearnt from {record.filed_as} to {label}")
+
+    def headers(self, verdict: Verdict, signature: str) -> list[tuple[str, str]]:
+        """dspam's result headers, so the guide's Sieve rule files spam unchanged."""
+        factors = ",\n\t".join(f"{_printable(t)}, {f:.5f}" for t, f in verdict.factors)
+        now = email.utils.formatdate(self.clock.time(), localtime=False, usegmt=True)
+        return [
+            ("X-DSPAM-Result", RESULT_NAMES[verdict.result]),
+            ("X-DSPAM-Processed", now),
+            ("X-DSPAM-Confidence", f"{verdict.confidence:.4f}"),
+            ("X-DSPAM-Probability", f"{verdict.probability:.4f}"),
+            ("X-DSPAM-Signature", signature),
+            ("X-DSPAM-Factors", f"{len(verdict.factors)}" + (f",\n\t{factors}" if factors
+                                                             else "")),
+        ]
+
+
+def _printable(token: str) -> str:
+    """A token as a header can carry it: ASCII, no commas or line breaks, bounded."""
+    text = token.encode("ascii", "backslashreplace").decode("ascii")
+    return text.replace(",", "\\x2c").replace("\r", "").replace("\n", "")[:60]
+
+
+def elapsed_ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
