@@ -38,7 +38,13 @@ def test_simple_matches_dkimpy(body: bytes, cuts: list[int]) -> None:
 @settings(max_examples=400, derandomize=True)
 @given(_BODIES, st.lists(st.integers(min_value=0, max_value=400), max_size=6))
 def test_relaxed_matches_dkimpy(body: bytes, cuts: list[int]) -> None:
-    assert _stream(RelaxedBody, body, cuts) == Relaxed.canonicalize_body(body)
+    expected = Relaxed.canonicalize_body(body)
+    last = body.rsplit(b"\r\n", 1)[-1]
+    if last and last[-1:] in (b" ", b"\t"):
+        # dkimpy keeps a space before the CRLF it adds to such a line; RFC 6376 3.4.4 and
+        # Mail::DKIM do not (test_unterminated_last_line_relaxed).
+        expected = expected[:-2].rstrip(b" ") + b"\r\n"
+    assert _stream(RelaxedBody, body, cuts) == expected
 
 
 @pytest.mark.parametrize(("body", "simple", "relaxed"), [
@@ -51,6 +57,11 @@ def test_relaxed_matches_dkimpy(body: bytes, cuts: list[int]) -> None:
 def test_rfc_examples(body: bytes, simple: bytes, relaxed: bytes) -> None:
     assert _stream(SimpleBody, body, []) == simple
     assert _stream(RelaxedBody, body, []) == relaxed
+
+
+def test_unterminated_last_line_relaxed() -> None:
+    assert _stream(RelaxedBody, b"the figures\r\nlast  line \t", [3]) == \
+        b"the figures\r\nlast line\r\n"
 
 
 def test_length_limit_hashes_only_the_first_l_bytes() -> None:

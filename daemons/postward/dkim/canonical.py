@@ -4,7 +4,8 @@ dkimpy canonicalizes a body held whole in memory; a milter receives the body in 
 64 KB and a message may carry a 50 MB attachment, so the body is canonicalized and hashed as it
 streams and only the unfinished last line and a count of trailing empty lines are kept. The
 output is byte for byte what dkimpy's ``canonicalize_body`` gives (a property test checks it on
-arbitrary bodies cut at arbitrary places).
+arbitrary bodies cut at arbitrary places), except where dkimpy departs from RFC 6376: the
+relaxed form of a last line that has no CRLF and ends in whitespace (never in SMTP mail).
 
 Lines end in CRLF (Postfix hands a milter the body that way); a bare CR or LF is line content.
 """
@@ -91,8 +92,9 @@ class RelaxedBody(_LineCanonicalizer):
         return _WSP_RUN.sub(b" ", line).rstrip(b" ")
 
     def _last_line(self, line: bytes) -> bytes:
-        # dkimpy strips whitespace only before a CRLF, and this line had none.
-        return _WSP_RUN.sub(b" ", line)
+        # RFC 6376 3.4.4 ignores whitespace at the end of every line, this one included, and
+        # then adds the missing CRLF (Mail::DKIM agrees; dkimpy keeps one space here).
+        return _WSP_RUN.sub(b" ", line).rstrip(b" ")
 
 
 BODY_CANONICALIZERS: dict[str, Callable[[], BodyCanonicalizer]] = {

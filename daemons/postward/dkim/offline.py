@@ -10,19 +10,35 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from dkim import rfc822_parse
-
 from postward.dkim import verifier
 from postward.dkim.canonical import BodyHashes
 from postward.dkim.signer import SigningKey, headers_to_sign, make_signature
 
 _LINE_END = re.compile(rb"\r?\n")
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
 
 
 def split_message(data: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """Header fields in dkimpy form and the body with CRLF line ends."""
-    headers, body = rfc822_parse(data)
-    return [(bytes(n), bytes(v)) for n, v in headers], body
+    """Header fields in dkimpy form (name exactly as written, value + CRLF) and the body with
+    CRLF line ends. Unlike dkimpy's parser it takes RFC 5322's obsolete ``Name : value`` (white
+    space before the colon, RFC 6376 3.4.2 canonicalizes it) and skips a leading mbox
+    ``From `` line and lines that are no header field, instead of refusing the message."""
+    lines = _LINE_END.split(data)
+    fields: list[list[bytes]] = []
+    i = 0
+    for i, line in enumerate(lines):  # noqa: B007 (i is where the body starts)
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t"):
+            if fields:
+                fields[-1][1] += line + b"\r\n"
+            continue
+        name, colon, value = line.partition(b":")
+        if colon and name.strip() and _FIELD_NAME.fullmatch(name.rstrip(b" \t")):
+            fields.append([name, value + b"\r\n"])
+    else:
+        i = len(lines)
+    return [(n, v) for n, v in fields], b"\r\n".join(lines[i + 1:])
 
 
 def sign_message(data: bytes, keys: Sequence[SigningKey], timestamp: int,
