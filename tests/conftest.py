@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.policyd.daemon_fixture",
     "tests.dkim.dkim_fixtures",
     "tests.dkim.milter_fixture",
+    "tests.testbed.dovecot_fixtures",
 ]
 
 
