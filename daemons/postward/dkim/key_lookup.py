@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -48,10 +49,32 @@ class LoopThread:
 
 
 def make_lookup(loop: LoopThread, resolver: Resolver, metrics: DkimMetrics,
-                budget: float) -> KeyLookup:
-    """A blocking TXT lookup of ``selector._domainkey.domain`` for the verifier."""
+                budget: float, keep: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                ) -> KeyLookup:
+    """A blocking TXT lookup of ``selector._domainkey.domain`` for the verifier.
+
+    Answers are also kept here, in the milter threads' own reach, for ``keep`` seconds at most
+    (never past their TTL): the hop to the resolver's event loop costs more than the rest of
+    verifying a small message, and the same few keys sign most mail."""
+    kept: dict[str, tuple[float, KeyAnswer]] = {}
+    lock = threading.Lock()
 
     def lookup(name: str) -> KeyAnswer:
+        now = clock()
+        with lock:
+            hit = kept.get(name)
+        if hit is not None and hit[0] > now:
+            metrics.key_lookups("cache").inc()
+            return KeyAnswer(hit[1].records, from_cache=True)
+        answer = _lookup(name)
+        if answer.records and keep > 0:
+            with lock:
+                if len(kept) > 10_000:
+                    kept.clear()
+                kept[name] = (now + min(keep, answer.ttl), answer)
+        return answer
+
+    def _lookup(name: str) -> KeyAnswer:
         try:
             answer = loop.run(resolver.query(name, "TXT"), timeout=budget)
         except TimeoutError:
@@ -63,6 +86,6 @@ def make_lookup(loop: LoopThread, resolver: Resolver, metrics: DkimMetrics,
         metrics.key_lookups("cache" if answer.from_cache else "dns").inc()
         # Only records that claim to be DKIM keys count; a name may carry other TXT data.
         records = tuple(r for r in answer.records if "p=" in r)
-        return KeyAnswer(records, from_cache=answer.from_cache)
+        return KeyAnswer(records, from_cache=answer.from_cache, ttl=answer.ttl)
 
     return lookup

@@ -40,6 +40,7 @@ class KeyAnswer:
     records: tuple[str, ...]
     transient: bool = False      # timeout / SERVFAIL: temperror, not permerror
     from_cache: bool = False
+    ttl: int = 0
 
 
 KeyLookup = Callable[[str], KeyAnswer]
