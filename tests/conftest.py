@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.dkim.dkim_fixtures",
     "tests.dkim.milter_fixture",
     "tests.testbed.dovecot_fixtures",
+    "tests.classifier.daemon_fixture",
 ]
 
 

@@ -7,9 +7,9 @@ import asyncio
 import sys
 from pathlib import Path
 
+from postward.classifier.cli import add_classifier_commands
 from postward.core.config import DEFAULT_PATH, describe
 from postward.core.runtime import Runtime, load_config_or_exit
-from postward.classifier.cli import add_classifier_commands
 from postward.dkim.cli import add_dkim_commands
 from postward.schema import SCHEMA
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from postward.classifier.settings import ClassifierSettings
 from postward.core.config import DEFAULT_PATH, load_sections
 from postward.core.settings import DnsSettings, LoggingSettings, MetricsSettings, RedisSettings
-from postward.classifier.settings import ClassifierSettings
 from postward.dkim.settings import DkimSettings
 from postward.policyd.greylist_settings import GreylistSettings
 from postward.policyd.settings import PolicydSettings

@@ -103,6 +103,9 @@ class ClassifierDaemon:
 
     async def start(self) -> None:
         path = self.socket_path
+        if len(os.fsencode(path)) > 107:
+            raise SystemExit(f"postward-classifierd: [classifier] socket {path}: longer than "
+                             f"the 107 bytes a unix socket path may have")
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         self._server = await asyncio.start_unix_server(self._serve, path=str(path),

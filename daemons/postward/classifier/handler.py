@@ -48,8 +48,8 @@ def header_block(headers: Sequence[tuple[str, str]]) -> bytes:
 
 def signature_in(message: bytes) -> str | None:
     """The X-DSPAM-Signature of a message (the first: ours is put on top)."""
-    end = message.find(b"\n\n")
-    m = _SIGNATURE.search(message if end < 0 else message[:end + 1])
+    ends = [i for i in (message.find(b"\n\n"), message.find(b"\n\r\n")) if i >= 0]
+    m = _SIGNATURE.search(message[:min(ends) + 1] if ends else message)
     return m.group(1).decode("ascii") if m else None
 
 
