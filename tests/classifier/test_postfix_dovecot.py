@@ -71,7 +71,7 @@ def _totals(redis_url: str) -> tuple[int, int]:
 
 
 def test_spam_to_spam_ham_to_inbox_and_imap_moves_retrain(mailhost, redis_server) -> None:  # type: ignore[no-untyped-def]
-    postfix, dovecot, daemon = mailhost
+    postfix, dovecot, _daemon = mailhost
     _send(postfix, "great offer", SPAM_WORDS)
     _send(postfix, "meeting notes", HAM_WORDS)
     [spam] = dovecot.wait_for(USER, "Spam", 1, timeout=30)

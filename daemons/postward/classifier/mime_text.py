@@ -20,8 +20,9 @@ text as Unicode. The choices behind it, and why:
   values into ``Header`` objects). Each leaf is handled inside its own ``try``, and a parser
   failure falls back to a headers-only parse whose body is read as a single text part. Nothing
   ever raises to the caller.
-* **Own body decoding.** Base64 is cleaned (non-alphabet characters and padding dropped, the
-  tail re-padded), so broken base64 decodes to as much as can be read and never raises.
+* **Own body decoding.** Well-formed base64 goes straight to ``binascii``. Otherwise it is
+  cleaned (non-alphabet characters and padding dropped, the tail re-padded), so broken
+  base64 decodes to as much as can be read and never raises.
   Quoted-printable goes through ``binascii.a2b_qp``, which tolerates invalid escapes. The
   encoded input is cut before decoding so that no more than ``max_part_bytes`` is produced.
   Attachments are never decoded: only their type and name matter.

@@ -14,11 +14,11 @@ module turns its output into tokens. The choices, and why:
   forms and case variants count as one word. Words are runs of Unicode letters and digits
   (``\\w`` without ``_``), so "don't" gives "don" and a too-short "t". For ASCII text
   ``str.translate`` plus ``split`` finds the same words 4-5x faster than the regex. Han and
-  kana characters are written without spaces, so each is a word of its own and exempt from
-  ``min_length``.
-  The OSB pairs then stand for CJK bigrams and skip-grams. Words shorter than
-  ``min_length`` are dropped. Longer than ``max_length`` gives ``skip:<first char>:<length
-  rounded down to 10>`` (SpamBayes): base64 blobs and hashes carry no words, only their shape.
+  kana are written without spaces, so each of their characters is a word of its own, and
+  single characters from U+3040 on are exempt from ``min_length``; the OSB pairs then stand
+  for CJK bigrams and skip-grams. Other words shorter than ``min_length`` are dropped.
+  Longer than ``max_length`` gives ``skip:<first char>:<length rounded down to 10>``
+  (SpamBayes): base64 blobs and hashes carry no words, only their shape.
 * **OSB** (orthogonal sparse bigrams, as dspam's and rspamd's ``osb``): for word ``w[i]`` and
   ``1 <= j < osb_window``, the token ``f"{w[i]}~{j}~{w[i+j]}"``. The distance is part of the
   token, which is what makes the pairs orthogonal. The pairs run over the word sequence of
