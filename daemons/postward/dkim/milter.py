@@ -172,10 +172,13 @@ class DkimMilter(Milter.Base):
     def data(self) -> int:
         return Milter.CONTINUE
 
-    @_guarded("header")
     @Milter.decode("bytes")
     def header(self, name: str, value: bytes) -> int:
-        self.msg.headers.add(name.encode("ascii", "replace"), value)
+        # Not timed like the other callbacks: it runs once per header field and only stores.
+        try:
+            self.msg.headers.add(name.encode("ascii", "replace"), value)
+        except Exception as e:
+            return self._failed("header", e)
         return Milter.CONTINUE
 
     @_guarded("eoh")

@@ -18,6 +18,7 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import dkim
 from dkim import hash_headers
@@ -144,7 +145,7 @@ def check(sig: Signature, fields: Sequence[tuple[bytes, bytes]], body: BodyHashe
             return Outcome(TEMPERROR, reason=f"key lookup for {name} failed", **base)
         return Outcome(PERMERROR, reason=f"no key published at {name}", **base)
     try:
-        key = parse_public_record(answer.records[0])
+        key = _parsed_record(answer.records[0])
     except KeyRecordError as e:
         return Outcome(PERMERROR, reason=f"key record at {name}: {e}", **base)
     problem = _key_problem(sig, key, key_type, hash_name, minimum_bits)
@@ -160,6 +161,12 @@ def check(sig: Signature, fields: Sequence[tuple[bytes, bytes]], body: BodyHashe
     if not key.verify_digest(signature, _header_digest(sig, fields)):
         return Outcome(FAIL, reason="signature did not verify", **base, **extra)
     return Outcome(PASS, **base, **extra)
+
+
+@lru_cache(maxsize=1024)
+def _parsed_record(text: str) -> PublicKey:
+    """Records repeat (the same few keys sign most mail): parse each text once."""
+    return parse_public_record(text)
 
 
 def _key_problem(sig: Signature, key: PublicKey, key_type: str, hash_name: str,
