@@ -22,6 +22,9 @@ from postward.core.dns import Resolver
 from postward.core.metrics import Metrics
 from postward.core.redis_store import RedisStore
 from postward.core.settings import DnsSettings, RedisSettings
+from tests.classifier.daemon_fixture import ClassifierDaemon
+from tests.classifier.test_pipe_filter import HAM_WORDS, SPAM_WORDS, USER, corpus, message
+from tests.classifier.test_postfix_dovecot import _installed_here
 from tests.dkim.dkim_fixtures import DkimKeys, dkim_local_zones
 from tests.dkim.milter_fixture import DkimDaemon, KeySpec
 from tests.dkim.peers import DkimPeers, generate_key
@@ -36,6 +39,7 @@ from tests.testbed.dns_fixtures import (
     DNSBL_ZONES,
 )
 from tests.testbed.dns_servers import DnsTestbed
+from tests.testbed.dovecot import DovecotInstance
 from tests.testbed.mail import make_message, send, smtp_source
 from tests.testbed.net import private_loopback, wait_until
 from tests.testbed.postfix import PostfixInstance
@@ -190,6 +194,60 @@ def dkim_scene(root: Path, address: str, redis: RedisServer, dns: DnsTestbed,
     say()
 
 
+def classifier_scene(root: Path, address: str, redis: RedisServer) -> None:
+    say("== postward-filter in place of dspam: the guide's pipe line, map and Sieve rule")
+    dovecot_files = SNIPPETS / "dovecot"
+    dovecot = DovecotInstance(root / "dovecot", address, users=[USER],
+                              user_sieve=(dovecot_files / "dspam.sieve").read_text(),
+                              report_spam_sieve=dovecot_files / "report-spam.sieve",
+                              report_ham_sieve=dovecot_files / "report-ham.sieve").start()
+    agent = " ".join([*dovecot.lda_command, "-f", "%s", "-d", "%u"])
+    daemon = ClassifierDaemon(root / "classifierd", redis.url, agent).start()
+    postfix = None
+    try:
+        retrain = dovecot.pipe_bin_dir / "postward-retrain"
+        retrain.write_text(_installed_here((dovecot_files / "postward-retrain").read_text(),
+                                           daemon))
+        retrain.chmod(0o755)
+        master = root / "classifier.master.cf"
+        master.write_text(_installed_here((SNIPPETS / "classifier.master.cf").read_text(),
+                                          daemon).replace("user=postward", "user=mail"))
+        access = root / "dspam_filter_access"
+        access.write_text((SNIPPETS / "dspam_filter_access").read_text())
+        postfix = PostfixInstance(root / "postfix-mx", address, domains=["receiver.test"],
+                                  snippets=[SNIPPETS / "classifier.main.cf", master],
+                                  overrides={"postward_filter_access": f"pcre:{access}"},
+                                  name="postfix-mx").start()
+        for label, words in (("spam", SPAM_WORDS), ("innocent", HAM_WORDS)):
+            out = daemon.train(label, corpus(root / f"corpus-{label}", words))
+            say(f"  postward classifier train --global --class {label}: {out.strip()}")
+        host, port = postfix.smtp_service.rsplit(":", 1)
+        for subject, words in (("a great offer", SPAM_WORDS), ("meeting notes", HAM_WORDS)):
+            send(host, int(port), "someone@sender.test", [USER], message(subject, words))
+        for mailbox in ("Spam", "INBOX"):
+            [got] = dovecot.wait_for(USER, mailbox, 1, timeout=30)
+            fields = dict(line.split(": ", 1) for line in got.decode().split("\n")
+                          if line.startswith("X-DSPAM-") and ": " in line)
+            say(f"  {mailbox:<5}: X-DSPAM-Result: {fields['X-DSPAM-Result']}, Probability "
+                f"{fields['X-DSPAM-Probability']}, Signature {fields['X-DSPAM-Signature']}")
+        imap = dovecot.imap(USER)
+        imap.select("INBOX")
+        [uid] = imap.uid("SEARCH", None, "ALL")[1][0].split()
+        imap.uid("MOVE", uid, "Spam")
+        imap.logout()
+        wait_until(lambda: "relearnt" in daemon.log_text(), timeout=20,
+                   what="the IMAP move retrained")
+        say("  IMAP: moved the ham into Spam -> IMAPSieve -> postward-retrain: "
+            "'relearnt from innocent to spam'")
+    finally:
+        if postfix is not None:
+            postfix.stop()
+        daemon.stop()
+        daemon.remove()
+        dovecot.stop()
+    say()
+
+
 def main() -> int:
     address = private_loopback()
     say(f"postward demo on private address {address}")
@@ -215,6 +273,7 @@ def main() -> int:
         mail_scene(postfix)
         policyd_scene(root, address, redis, dns)
         dkim_scene(root, address, redis, dns, keys)
+        classifier_scene(root, address, redis)
     say("everything stopped and removed")
     return 0
 
