@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import dkim
-from dkim import hash_headers
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from postward.dkim.canonical import BodyHashes
+from postward.dkim.header_hash import hash_signed_fields
 from postward.dkim.headers import unfold
 from postward.dkim.keys import KeyRecordError, PublicKey, parse_public_record
 
@@ -196,8 +196,7 @@ def _header_digest(sig: Signature, fields: Sequence[tuple[bytes, bytes]]) -> byt
         # signature rather than be shown to the reader (dkimpy bug #644046).
         include.append(b"from")
     hasher = hashlib.sha256()
-    hash_headers(hasher, policy, policy.canonicalize_headers(list(fields)), include,
-                 sig.field, sig.tags)
+    hash_signed_fields(hasher, policy, fields, include, sig.field)
     return hasher.digest()
 
 
