@@ -19,6 +19,7 @@ import pytest
 
 from tests.dkim.milter_fixture import KeySpec
 from tests.testbed.mail import StoredMessage, make_message
+from tests.testbed.net import wait_until
 from tests.testbed.postfix_fixtures import SNIPPETS
 
 pytestmark = pytest.mark.integration
@@ -75,11 +76,12 @@ def pair(make_postfix, make_dkim, redis_server, dkim_dns, dkim_keys, loopback): 
 
 
 def _arrived(receiver, subject: str) -> StoredMessage:  # type: ignore[no-untyped-def]
-    found = receiver.maildir.wait_for(1, recipient="bob@receiver.test", timeout=30)
-    matching = [m for m in found if m.message["Subject"] == subject] or \
-        receiver.maildir.find(lambda m: m.message["Subject"] == subject)
-    assert matching, receiver.log_tail()
-    return matching[0]
+    """The delivered message with ``subject``, once it is there (others may arrive first)."""
+    def found() -> list[StoredMessage]:
+        return receiver.maildir.find(lambda m: m.message["Subject"] == subject)
+
+    wait_until(found, timeout=30, what=f"a message with Subject {subject!r}")
+    return found()[0]
 
 
 def _our_results(message: StoredMessage, authserv_id: str) -> list[str]:

@@ -19,6 +19,7 @@ def number(minimum: float, maximum: float):  # type: ignore[no-untyped-def]
             raise ValueError(f"{value} is outside {minimum}..{maximum}")
         return value
 
+    parse.plain_number = True  # type: ignore[attr-defined]  # the reference shows no unit
     return parse
 
 

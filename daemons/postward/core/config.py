@@ -103,8 +103,11 @@ def describe(schema: Mapping[str, type]) -> str:
                 default = ", ".join(str(d) for d in default)
             elif isinstance(default, bool):
                 default = "yes" if default else "no"
-            elif isinstance(default, float):  # every float setting is a duration
-                default = f"{default:g}s"
+            elif isinstance(default, float) and getattr(f.metadata["parse"], "plain_number",
+                                                        False):
+                default = f"{default:g}"
+            elif isinstance(default, float):  # every other float setting is a duration
+                default = f"{int(default)}s" if default.is_integer() else f"{default:g}s"
             elif default is None:
                 default = ""
             out.append(f"# {f.metadata.get('doc', '')}".rstrip())

@@ -2,8 +2,9 @@
 
 dkimpy does the DKIM parts: header canonicalization and folding; which fields are hashed, in
 what order, and the signature field's own hashing with ``b=`` emptied follow dkimpy's
-``select_headers``/``hash_headers`` (``header_hash.py``, checked against them). The private-key operation goes through OpenSSL
-(``PrivateKey.sign_digest``): dkimpy's pure-Python RSA takes ~5 ms a signature, OpenSSL ~0.2.
+``select_headers``/``hash_headers`` (``header_hash.py``, checked against them). The private-key
+operation goes through OpenSSL (``PrivateKey.sign_digest``): dkimpy's pure-Python RSA takes
+~5 ms a signature, OpenSSL ~0.2.
 A test checks that both give the same signature for the same input.
 """
 
