@@ -20,7 +20,7 @@ from postward.dkim.opendkim_conf import DEFAULT_OVERSIGN_HEADERS, DEFAULT_SIGN_H
 from postward.dkim.signer import SigningKey
 from tests.dkim.milter_fixture import ROOT, DkimDaemon, KeySpec
 from tests.testbed.mail import make_message
-from tests.testbed.milter_client import EomResult, MilterClient, run_message
+from tests.testbed.milter_client import EomResult, MilterClient, run_message, split_message
 from tests.testbed.net import free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -197,3 +197,51 @@ def test_sigusr1_reloads_and_keeps_the_old_config_when_the_new_one_is_bad(signer
 
 def test_sigterm_stops_cleanly(signer) -> None:  # type: ignore[no-untyped-def]
     assert signer.stop() == 0, signer.log_text()
+
+
+def test_unix_socket_verifies_with_fewer_steps(make_dkim, redis_server, dkim_dns,  # type: ignore[no-untyped-def]
+                                               dkim_keys) -> None:
+    """On a local: socket the milter asks Postfix to skip HELO/RCPT/DATA and not to wait for
+    an answer per header field; signing and verifying work the same."""
+
+    daemon = make_dkim("dkim-unix-v", redis_url=redis_server.url,
+                       nameserver=dkim_dns.nameserver, unix_socket=True, umask="000",
+                       keys=[KeySpec("example.test", dkim_keys.rsa2048.selector,
+                                     dkim_keys.rsa2048.private_pem)])
+    client = MilterClient(str(daemon.socket_path))
+    try:
+        _actions, protocol = client.negotiate(0x1FFFFF)  # every step Postfix can skip, as it offers
+        no_helo, no_rcpt, no_data, no_reply_header = 0x2, 0x8, 0x200, 0x80
+        assert protocol & (no_helo | no_rcpt | no_data | no_reply_header) == \
+            no_helo | no_rcpt | no_data | no_reply_header
+        assert client.connect("client.test", INSIDE) == "c"
+        assert client.mail("alice@example.test") == "c"
+        fields, body = split_message(_message("over unix"))
+        for name, value in fields:
+            client.send(b"L", name + b"\0" + value + b"\0")   # no reply asked
+        assert client.eoh() == "c"
+        assert client.body(body) == "c"
+        signed = client.eom()
+    finally:
+        client.close()
+    value = signed.inserted[0][2].replace(b"\n", b"\r\n")
+    verified = _run_unix(daemon, b"DKIM-Signature:" + value + b"\r\n" +
+                         _message("over unix").replace(b"\n", b"\r\n"))
+    assert b"dkim=pass" in b" ".join(verified.header("Authentication-Results"))
+
+
+def _run_unix(daemon: DkimDaemon, message: bytes) -> EomResult:
+
+    client = MilterClient(str(daemon.socket_path))
+    try:
+        client.negotiate(0x1FFFFF)  # every step Postfix can skip, as it offers
+        client.connect("client.test", OUTSIDE)
+        client.mail("alice@example.test")
+        fields, body = split_message(message)
+        for name, value in fields:
+            client.send(b"L", name + b"\0" + value + b"\0")
+        client.eoh()
+        client.body(body)
+        return client.eom()
+    finally:
+        client.close()

@@ -26,7 +26,7 @@ from postward.core.logs import get_log
 from postward.core.runtime import Runtime, load_config_or_exit
 from postward.dkim.key_lookup import LoopThread, make_lookup
 from postward.dkim.metrics import DkimMetrics
-from postward.dkim.milter import DkimMilter, Shared
+from postward.dkim.milter import DkimMilter, Shared, UnixDkimMilter
 from postward.dkim.opendkim_conf import MilterSocket
 from postward.dkim.policy import DkimPolicy, RunAs, load_policy
 from postward.schema import Config
@@ -162,8 +162,9 @@ def run_daemon(config_path: Path, opendkim_conf: Path | None = None, socket_spec
     lookup = make_lookup(loop, runtime.resolver, metrics, config.dkim.key_lookup_budget,
                          keep=config.dns.local_cache_ttl)
     shared = Shared(policy, lookup, metrics, runtime.clock, config.dkim.on_error)
-    Milter.factory = lambda: DkimMilter(shared)
     sock = policy.socket
+    milter_class = UnixDkimMilter if sock.kind == "local" else DkimMilter
+    Milter.factory = lambda: milter_class(shared)
     old_umask = os.umask(policy.umask)
     try:
         _register(sock, config.dkim.milter_timeout)
