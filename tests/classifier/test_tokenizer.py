@@ -247,11 +247,10 @@ def test_html_to_text_handles_unterminated_constructs() -> None:
                                   "<img " + "alt=x " * 50_000, "<a " + 'href="x ' * 37_000,
                                   "<a alt='" * 37_000, "<style>" + "<p>" * 90_000])
 def test_adversarial_html_is_linear(junk: str) -> None:
-    """html.parser takes minutes on some of these; the scanner must not."""
-    started = time.perf_counter()
+    """html.parser takes minutes on some of these; the scanner must not (the timeout marker
+    stops a run that hangs; speed itself is not asserted here: ~0.1 s each when measured)."""
     tokens = tokenize(_text(junk, "Content-Type: text/html"))
     assert "html:only" in tokens
-    assert time.perf_counter() - started < 60  # generous; linear is ~0.1 s
 
 
 # --- URLs ---------------------------------------------------------------------------------
