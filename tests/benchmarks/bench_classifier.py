@@ -43,12 +43,10 @@ import datetime
 import os
 import py_compile
 import random
-import shutil
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +97,7 @@ from tests.benchmarks.classifier_rig import (
     train_classifier,
     unix_connector,
 )
+from tests.benchmarks.common import raise_interrupt, workdir, write_docs_block
 from tests.testbed.net import private_loopback
 from tests.testbed.redis_server import RedisServer
 
@@ -839,35 +838,14 @@ def render(results: Results, plan: Plan, sizes: dict[str, int], command: str,
 
 
 def write_docs(block: str) -> None:
-    text = DOCS.read_text()
-    start, end = text.find(START), text.find(END)
-    if start >= 0 and end > start:
-        text = text[:start] + block + text[end + len(END):]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n" + block + "\n"
-    DOCS.write_text(text.rstrip("\n") + "\n")
+    write_docs_block(DOCS, START, END, SECTION, block)
 
 
 # --------------------------------------------------------------------------------------------
 # Main
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
-
-@contextlib.contextmanager
-def workdir(keep: bool) -> Iterator[Path]:
-    # Short: the daemon's unix socket path must stay under 108 bytes.
-    directory = Path(tempfile.mkdtemp(prefix="pw-bench-cls-"))
-    directory.chmod(0o755)
-    try:
-        yield directory
-    finally:
-        if keep:
-            print(f"logs and data kept in {directory}")
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -895,14 +873,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = [DEFAULTS]
     if args.variant.strip().lower() != "none":
         variants.append(parse_variant(args.variant))
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     command = " ".join([".venv/bin/python -m tests.benchmarks.bench_classifier", *sys.argv[1:]]
                        if argv is None else [".venv/bin/python -m tests.benchmarks."
                                              "bench_classifier", *argv])
     t0 = time.perf_counter()
     try:
-        with workdir(args.keep) as directory:
+        # A short prefix: the daemon's unix socket path must stay under 108 bytes.
+        with workdir(args.keep, "pw-bench-cls-") as directory:
             results, sizes = benchmark(directory, plan, variants, not args.no_rspamd)
     except KeyboardInterrupt:
         print("interrupted: every daemon stopped", file=sys.stderr)

@@ -17,19 +17,17 @@ Authentication-Results from the milter under test with dkim=pass. A failed check
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import os
-import shutil
 import signal
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.benchmarks.bench_policyd import machine
+from tests.benchmarks.common import raise_interrupt, workdir, write_docs_block
 from tests.benchmarks.dkim_rig import (
     DOMAIN,
     MILTERS,
@@ -295,34 +293,14 @@ def render(results: Results, plan: Plan, facts: dict[str, str], sizes: Sequence[
 
 
 def write_docs(block: str) -> None:
-    text = DOCS.read_text()
-    start, end = text.find(START), text.find(END)
-    if start >= 0 and end > start:
-        text = text[:start] + block + text[end + len(END):]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n" + block + "\n"
-    DOCS.write_text(text.rstrip("\n") + "\n")
+    write_docs_block(DOCS, START, END, SECTION, block)
 
 
 # --------------------------------------------------------------------------------------------
 # Main
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
-
-@contextlib.contextmanager
-def workdir(keep: bool) -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="postward-bench-dkim-"))
-    directory.chmod(0o755)
-    try:
-        yield directory
-    finally:
-        if keep:
-            print(f"logs and data kept in {directory}")
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _pick(text: str, allowed: Sequence[str]) -> tuple[str, ...]:
@@ -363,9 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes, sockets = _pick(args.modes, MODES), _pick(args.sockets, SOCKETS)
     partial = (sizes, sessions, modes, sockets) != (SIZES, SESSIONS, MODES, SOCKETS)
     command = " ".join([".venv/bin/python -m tests.benchmarks.bench_dkim", *sys.argv[1:]])
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     try:
-        with workdir(args.keep) as directory:
+        with workdir(args.keep, "postward-bench-dkim-") as directory:
             block = benchmark(directory, plan, sizes, sessions, modes, sockets, command)
     except KeyboardInterrupt:
         print("interrupted: every daemon stopped", file=sys.stderr)

@@ -38,13 +38,13 @@ import platform
 import shutil
 import signal
 import sys
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from postward.policyd.settings import PolicydSettings
+from tests.benchmarks.common import raise_interrupt, workdir
 from tests.benchmarks.loadgen import LoadError, LoadResult, ask, encode, run_load, verb
 from tests.policyd.postfwd_peer import resolv_conf
 from tests.policyd.requests import postfix_request
@@ -668,21 +668,7 @@ def pool_size(plan: Plan, postward_variants: int) -> int:
     return RESERVED + runs * per_run + 1000  # + sanity checks
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
-
-@contextlib.contextmanager
-def workdir(keep: bool) -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="postward-bench-"))
-    directory.chmod(0o755)
-    try:
-        yield directory
-    finally:
-        if keep:
-            print(f"logs and data kept in {directory}")
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -703,10 +689,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.connections:
         plan = dataclasses.replace(
             plan, connections=tuple(int(c) for c in args.connections.split(",")))
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     workers = (1, 2) if workers_supported() else (1,)
     try:
-        with workdir(args.keep) as directory:
+        with workdir(args.keep, "postward-bench-") as directory:
             section = benchmark(directory, plan, workers, args.only)
     except KeyboardInterrupt:
         print("interrupted: every daemon stopped", file=sys.stderr)
