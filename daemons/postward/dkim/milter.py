@@ -378,5 +378,4 @@ class UnixDkimMilter(DkimMilter):
     @Milter.noreply
     @Milter.decode("bytes")
     def header(self, name: str, value: bytes) -> int:
-        self.msg.headers.add(name.encode("ascii", "replace"), value)
-        return Milter.CONTINUE
+        return super().header(name, value)

@@ -169,6 +169,13 @@ class DkimPolicy:
         return actions.bad_signature
 
 
+def _ids(run_as: RunAs | None) -> tuple[int, set[int]]:
+    """The uid and groups key files are judged for: the user we will run as, else ourselves."""
+    if run_as is None:
+        return os.getuid(), {os.getgid(), *os.getgroups()}
+    return run_as.uid, set(run_as.groups | {run_as.gid})
+
+
 def _tables(conf: OpenDkimConfig) -> list[KeyTable]:
     return [t for t in (conf.key_table, conf.key_table_ed25519) if t is not None]
 
@@ -177,8 +184,7 @@ def _load_keys(conf: OpenDkimConfig, run_as: RunAs | None) -> tuple[dict[str, Pr
                                                                      list[Problem]]:
     keys: dict[str, PrivateKey] = {}
     problems: list[Problem] = []
-    uid = run_as.uid if run_as else os.getuid()
-    gids = set(run_as.groups | {run_as.gid}) if run_as else {os.getgid(), *os.getgroups()}
+    uid, gids = _ids(run_as)
     for table in _tables(conf):
         for entry in table.entries:
             where, _, line = entry.source.rpartition(":")
@@ -213,8 +219,7 @@ def load_policy(conf_path: Path, settings: DkimSettings, run_as: RunAs | None,
                                 f"allow_non_loopback = yes to insist)"))
     sealer = None
     if settings.arc_seal_key and check_keys:
-        uid = run_as.uid if run_as else os.getuid()
-        gids = set(run_as.groups | {run_as.gid}) if run_as else {os.getgid(), *os.getgroups()}
+        uid, gids = _ids(run_as)
         try:
             key = load_private_key(Path(settings.arc_seal_key), uid, gids,
                                    require_safe=conf.require_safe_keys)
