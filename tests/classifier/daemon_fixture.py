@@ -16,7 +16,11 @@ import pytest
 from tests.testbed.process import ManagedProcess
 
 ROOT = Path(__file__).resolve().parents[2]
-PYTHON = str(Path(sys.executable).absolute())
+# The pipe client runs as an unprivileged user (Postfix's pipe user=, Dovecot's mail user),
+# who may not be able to enter the checkout (a clone in a 0700 directory): it runs with the
+# system interpreter (it needs only the standard library) from a copy in a world-readable
+# directory, as an installed /opt/postward/lib/postward-filter.py would be.
+PYTHON = "/usr/bin/python3"
 FILTER = str(ROOT / "daemons" / "postward" / "classifier" / "filter_client.py")
 
 
@@ -30,6 +34,9 @@ class ClassifierDaemon:
         self.socket_dir = Path(tempfile.mkdtemp(prefix="pwc-"))
         self.socket_dir.chmod(0o755)
         self.socket_path = self.socket_dir / "classifierd.sock"
+        self.filter_path = self.socket_dir / "postward-filter.py"
+        shutil.copyfile(FILTER, self.filter_path)
+        self.filter_path.chmod(0o644)
         self.config = directory / "postward.conf"
         self.config.write_text(
             f"[redis]\nurl = {redis_url}\ntimeout = 300ms\nconnect_timeout = 300ms\n"
@@ -43,7 +50,8 @@ class ClassifierDaemon:
 
     def filter_argv(self, *args: str) -> list[str]:
         """The pipe client as Postfix runs it (-I -S: no site-packages, fast start)."""
-        return [PYTHON, "-I", "-S", FILTER, f"--socket={self.socket_path}", *args]
+        return [PYTHON, "-I", "-S", str(self.filter_path), f"--socket={self.socket_path}",
+                *args]
 
     def start(self) -> ClassifierDaemon:
         self.process.start(ready=lambda: _accepts(self.socket_path))

@@ -27,7 +27,8 @@ INSTALLED = "/opt/postward/bin/python -I -S /opt/postward/lib/postward-filter.py
 def _installed_here(text: str, daemon: ClassifierDaemon) -> str:
     """A shipped snippet with /opt/postward replaced by this checkout and the test socket."""
     assert INSTALLED in text
-    return text.replace(INSTALLED, f"{PYTHON} -I -S {FILTER} --socket={daemon.socket_path}")
+    return text.replace(INSTALLED, f"{PYTHON} -I -S {daemon.filter_path} "
+                                   f"--socket={daemon.socket_path}")
 
 
 @pytest.fixture
