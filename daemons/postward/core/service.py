@@ -13,6 +13,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
+from postward.core import sd_notify
 from postward.core.config_file import ConfigError
 from postward.core.logs import get_log
 
@@ -81,6 +82,8 @@ async def serve(
     try:
         await service.start()
         log.info("started")
+        # Listening now: systemd may start what is ordered after us (Postfix).
+        sd_notify.notify(sd_notify.READY, sd_notify.status("serving"))
         while not stop.is_set():
             stop_wait = asyncio.ensure_future(stop.wait())
             reload_wait = asyncio.ensure_future(reload_wanted.wait())
@@ -89,8 +92,12 @@ async def serve(
             reload_wait.cancel()
             if reload_wanted.is_set() and not stop.is_set():
                 reload_wanted.clear()
-                await _reload(service, load_config)
+                sd_notify.notify(sd_notify.RELOADING)
+                taken = await _reload(service, load_config)
+                sd_notify.notify(sd_notify.READY, sd_notify.status(
+                    "serving" if taken else "serving; the last reload was rejected (see the log)"))
         log.info("stopping", in_flight=inflight.count)
+        sd_notify.notify(sd_notify.STOPPING, sd_notify.status("draining"))
         await service.close_listeners()
         try:
             await asyncio.wait_for(inflight.drained(), grace)
@@ -104,13 +111,15 @@ async def serve(
             loop.remove_signal_handler(sig)
 
 
-async def _reload(service: Service, load_config: Callable[[], Any]) -> None:
+async def _reload(service: Service, load_config: Callable[[], Any]) -> bool:
+    """True if the new config was taken; False: it had errors, the running one stays."""
     try:
         config = load_config()
     except ConfigError as e:
         for problem in e.problems:
             log.error("reload_rejected", problem=str(problem))
         log.error("reload_kept_running_config", problems=len(e.problems))
-        return
+        return False
     await service.reload(config)
     log.info("reloaded")
+    return True

@@ -21,6 +21,7 @@ from pathlib import Path
 import Milter
 import milter
 
+from postward.core import sd_notify
 from postward.core.config_file import ConfigError
 from postward.core.logs import get_log
 from postward.core.runtime import Runtime, load_config_or_exit
@@ -78,6 +79,7 @@ class _Reloader:
     def _wait(self) -> None:
         while True:
             signal.sigwait({signal.SIGUSR1})
+            sd_notify.notify(sd_notify.RELOADING)
             try:
                 policy = load_policy(self.conf_path, self.config.dkim, self.run_as)
             except ConfigError as e:
@@ -85,9 +87,12 @@ class _Reloader:
                     log.error("reload_rejected", problem=str(problem))
                 log.error("reload_kept_running_config", problems=len(e.problems))
                 self.shared.metrics.errors("config").inc()
+                sd_notify.notify(sd_notify.READY, sd_notify.status(
+                    "serving; the last reload was rejected (see the log)"))
                 continue
             self.shared.policy = policy
             log.info("reloaded", config=str(self.conf_path))
+            sd_notify.notify(sd_notify.READY, sd_notify.status("serving"))
 
 
 def _target_user(policy: DkimPolicy) -> RunAs | None:
@@ -179,9 +184,13 @@ def run_daemon(config_path: Path, opendkim_conf: Path | None = None, socket_spec
     _Reloader(shared, config, conf_path, target)
     log.info("listening", socket=sock.pymilter_spec, tcp_nodelay=nodelay,
              sign=policy.sign, verify=policy.verify)
+    # opensocket() left the socket listening: Postfix's connections wait in its backlog until
+    # main() accepts them, so systemd may start Postfix now.
+    sd_notify.notify(sd_notify.READY, sd_notify.status("serving"))
     try:
         milter.main()
     finally:
+        sd_notify.notify(sd_notify.STOPPING, sd_notify.status("draining"))
         _drain(shared, grace)
         loop.stop(runtime.aclose)
         log.info("stopped")

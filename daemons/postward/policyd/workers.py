@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server, values
 
+from postward.core import sd_notify
 from postward.core.config_file import ConfigError
 from postward.core.config_values import HostPort
 from postward.core.logs import configure_logging, get_log
@@ -73,6 +74,7 @@ def supervise(
         pid = os.fork()
         if pid == 0:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            sd_notify.forget()  # the supervisor alone speaks to systemd for the unit
             # Metrics created from here on live in files the supervisor sums up.
             values.ValueClass = values.MultiProcessValue()
             code = 1
@@ -92,6 +94,9 @@ def supervise(
             server, _ = start_http_server(metrics_address.port, metrics_address.host,
                                           registry=registry)
             log.info("metrics_listening", address=str(metrics_address))
+        # The sockets were bound and listening before the fork: connections wait in their
+        # backlog until a worker accepts them, so the service is up from here.
+        sd_notify.notify(sd_notify.READY, sd_notify.status(f"serving with {workers} workers"))
         stopping = False
         while children:
             info = signal.sigtimedwait(_SIGNALS, 1.0)
@@ -100,9 +105,14 @@ def supervise(
             if info.si_signo in (signal.SIGTERM, signal.SIGINT) and not stopping:
                 stopping = True
                 log.info("stopping", workers=len(children))
+                sd_notify.notify(sd_notify.STOPPING, sd_notify.status("draining"))
                 _signal_all(children, signal.SIGTERM)
             elif info.si_signo == signal.SIGHUP and not stopping:
-                _reload(children, check_config)
+                sd_notify.notify(sd_notify.RELOADING)
+                taken = _reload(children, check_config)
+                sd_notify.notify(sd_notify.READY, sd_notify.status(
+                    f"serving with {workers} workers" if taken
+                    else "serving; the last reload was rejected (see the log)"))
             _reap(children, stopping, fork)
         log.info("stopped")
         return 0
@@ -120,15 +130,17 @@ def _signal_all(children: dict[int, int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def _reload(children: dict[int, int], check_config: Callable[[], object]) -> None:
+def _reload(children: dict[int, int], check_config: Callable[[], object]) -> bool:
+    """True if the new config passed and the workers were told; False: it had errors."""
     try:
         check_config()
     except ConfigError as e:
         for problem in e.problems:
             log.error("reload_rejected", problem=str(problem))
         log.error("reload_kept_running_config", problems=len(e.problems))
-        return
+        return False
     _signal_all(children, signal.SIGHUP)
+    return True
 
 
 def _reap(children: dict[int, int], stopping: bool, fork: Callable[[int], None]) -> None:
