@@ -131,6 +131,7 @@ class ClassifierDaemon:
                     reply = Reply(500, str(e))
                 except TimeoutError:
                     self.metrics.errors("timeout").inc()
+                    self.metrics.tempfails.inc()  # a 4xx like the handler's: the filter exits 75
                     reply = Reply(451, "request timed out")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                         ConnectionError) as e:

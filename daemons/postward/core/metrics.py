@@ -17,12 +17,18 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     start_http_server,
 )
 
 from postward.core.config_values import HostPort
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*_[a-z0-9]+$")
+
+# prometheus_client would add a ``<name>_created`` series (the child's creation time) to every
+# counter and histogram child: series in Prometheus that no dashboard or alert uses, and that
+# policyd's multi-worker mode never exports, so the two modes would differ.
+disable_created_metrics()
 
 # Latency buckets for work done per SMTP transaction: 100 µs to 10 s.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -54,7 +60,11 @@ class Metrics:
                        registry=self.registry)
 
     def gauge(self, what_unit: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
-        return Gauge(self.name(what_unit), doc, labels, registry=self.registry)
+        # With several policyd workers (multiprocess mode) a gauge is summed over the live
+        # workers: the default would export one series per pid and keep a dead worker's last
+        # value for ever. Ignored in a single process.
+        return Gauge(self.name(what_unit), doc, labels, registry=self.registry,
+                     multiprocess_mode="livesum")
 
     def histogram(self, what_unit: str, doc: str, labels: Sequence[str] = (),
                   buckets: Sequence[float] = LATENCY_BUCKETS) -> Histogram:

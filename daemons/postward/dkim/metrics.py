@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from postward.core.metrics import Labelled, Metrics
 
-CALLBACKS = ("connect", "header", "eoh", "body", "eom")
+# Callbacks exported at 0 from the start; not `header`, which milter.py does not time (its
+# series would only ever be empty).
+CALLBACKS = ("connect", "eoh", "body", "eom")
+# The bounded label values, exported at 0 from the start so that rate() and increase() see the
+# first event (a series born at 1 has no earlier sample to rise from) and dashboards show 0.
+ERROR_KINDS = ("callback", "config")
+MESSAGE_ACTIONS = ("signed", "verified", "skipped", "tempfailed", "rejected", "discarded",
+                   "quarantined")
+KEY_SOURCES = ("cache", "dns", "failed")
+ARC_RESULTS = ("pass", "fail", "none", "skipped")
 
 
 class DkimMetrics:
@@ -23,7 +32,9 @@ class DkimMetrics:
         self.callback_seconds = Labelled(metrics.histogram(
             "callback_seconds", "time spent in each milter callback", ["callback"]))
         self.errors = Labelled(metrics.counter(
-            "errors_total", "failures inside postward-dkim, by kind (callback, sign, config)",
+            "errors_total",
+            "failures inside postward-dkim, by kind (callback: a message got on_error; "
+            "config: a reload was rejected)",
             ["kind"]))
         self.messages = Labelled(metrics.counter(
             "messages_total",
@@ -42,3 +53,11 @@ class DkimMetrics:
             self.callback_seconds(name)
         for result in ("pass", "fail", "neutral", "temperror", "permerror", "none"):
             self.verifications(result)
+        for kind in ERROR_KINDS:
+            self.errors(kind)
+        for action in MESSAGE_ACTIONS:
+            self.messages(action)
+        for source in KEY_SOURCES:
+            self.key_lookups(source)
+        for result in ARC_RESULTS:
+            self.arc(result)

@@ -87,6 +87,12 @@ class _RequestReader:
             raise _TooManyLines
 
 
+# Every errors_total kind (docs/metrics.md): the first five were answered default_action, the
+# others are clients breaking the protocol.
+ERROR_KINDS = ("redis", "budget", "quit", "internal", "bad_request", "garbage", "truncated",
+               "line_too_long", "too_many_attributes")
+
+
 def action_class(action: str) -> str:
     """A low-cardinality label for an answer: its verb, or 4xx/5xx for numeric replies."""
     word = action.split(None, 1)[0] if action.strip() else "DUNNO"
@@ -110,6 +116,8 @@ class PolicyServer:
         self._errors = Labelled(metrics.counter(
             "errors_total", "Requests answered with the default action because of an error, "
             "and clients disconnected for breaking the protocol, by kind", ["kind"]))
+        for kind in ERROR_KINDS:  # at 0 from the start: rate() then sees the first error
+            self._errors(kind)
         self._latency = metrics.histogram("decision_seconds",
                                           "Time from a complete request to its answer")
         self._connections = metrics.gauge("client_connections", "Open client connections")
