@@ -12,6 +12,7 @@ from postward.core.config import DEFAULT_PATH, describe
 from postward.core.runtime import Runtime, load_config_or_exit
 from postward.dkim.cli import add_dkim_commands
 from postward.schema import SCHEMA
+from postward.wiring.cli import add_wiring_commands
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=lambda a: asyncio.run(_dns(a)))
     add_dkim_commands(sub)
     add_classifier_commands(sub)
+    add_wiring_commands(sub)
     return p
 
 

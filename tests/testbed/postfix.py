@@ -34,21 +34,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pty
 import pwd
 import re
 import shutil
 import signal
 import socket
 import struct
-import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+# The snippet parser and the Postfix command runner are the package's own (postward
+# postfix-config uses them on the admin's Postfix); re-exported here for the tests.
+from postward.wiring.postfix_tools import PostfixCommandError as PostfixCommandError
+from postward.wiring.postfix_tools import run_checked as _run
+from postward.wiring.snippets import Snippet as Snippet
+from postward.wiring.snippets import SnippetError as SnippetError
+from postward.wiring.snippets import parse_main_cf as parse_main_cf
+from postward.wiring.snippets import parse_master_cf as parse_master_cf
 from tests.testbed.mail import Maildir, SinkDump, StoredMessage, postfix_tool
 from tests.testbed.net import free_port, wait_until
 from tests.testbed.process import DaemonFailed, ManagedProcess
@@ -59,130 +63,13 @@ STOCK_MASTER_CF = Path("/usr/share/postfix/master.cf.dist")
 # virtual(8) delivers as this user; it must not be root and must be >= virtual_minimum_uid.
 DELIVERY_USER = "nobody"
 
-_PARAM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _LOOPBACK_NEXTHOP = re.compile(r"\[127(?:\.\d{1,3}){3}\]:\d{1,5}")
 
 
-class SnippetError(ValueError):
-    """A snippet file that is not a valid main.cf or master.cf fragment."""
-
-
-class PostfixCommandError(RuntimeError):
-    """A Postfix command (postconf, postfix, postqueue) failed; the message has its output."""
-
-
-# --------------------------------------------------------------------------------------------
-# Snippets: main.cf and master.cf fragments
-
-
-def _logical_lines(text: str, origin: str) -> list[tuple[int, str]]:
-    """Postfix's line syntax: '#' lines and blank lines are ignored, a line starting with
-    whitespace continues the previous one. Returns (first line number, joined text)."""
-    lines: list[tuple[int, str]] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        stripped = raw.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if raw[0].isspace():
-            if not lines:
-                raise SnippetError(f"{origin}:{number}: continuation line with nothing to continue")
-            first, joined = lines[-1]
-            lines[-1] = (first, f"{joined} {stripped}")
-        else:
-            lines.append((number, stripped))
-    return lines
-
-
-def parse_main_cf(text: str, origin: str = "<main.cf>") -> list[tuple[str, str]]:
-    """``name = value`` pairs of a main.cf fragment, in order."""
-    params = []
-    for number, line in _logical_lines(text, origin):
-        name, eq, value = line.partition("=")
-        name = name.strip()
-        if not eq or not _PARAM_NAME.fullmatch(name):
-            raise SnippetError(f"{origin}:{number}: expected 'name = value', got {line!r}")
-        params.append((name, value.strip()))
-    return params
-
-
-def parse_master_cf(text: str, origin: str = "<master.cf>") -> list[tuple[str, str]]:
-    """``("name/type", entry)`` pairs of a master.cf fragment, each entry on one line."""
-    entries = []
-    for number, line in _logical_lines(text, origin):
-        fields = line.split()
-        if len(fields) < 8:
-            raise SnippetError(f"{origin}:{number}: a master.cf entry has 8+ fields: {line!r}")
-        entries.append((f"{fields[0]}/{fields[1]}", line))
-    return entries
-
-
-@dataclass(frozen=True)
-class Snippet:
-    """One snippet file: ``*.main.cf`` (parameters) or ``*.master.cf`` (service entries)."""
-
-    path: Path
-    kind: str  # "main" or "master"
-    entries: tuple[tuple[str, str], ...]
-
-    @classmethod
-    def load(cls, path: Path) -> Snippet:
-        text = path.read_text()
-        if path.name.endswith(".main.cf"):
-            return cls(path, "main", tuple(parse_main_cf(text, str(path))))
-        if path.name.endswith(".master.cf"):
-            return cls(path, "master", tuple(parse_master_cf(text, str(path))))
-        raise SnippetError(f"{path}: a snippet's name ends in .main.cf or .master.cf")
-
-
 # --------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _tool_env() -> dict[str, str]:
-    # A MAIL_CONFIG inherited from the caller would fight with -c.
-    return {k: v for k, v in os.environ.items() if k != "MAIL_CONFIG"}
-
-
-def _run(argv: Sequence[str], timeout: float = 60.0) -> str:
-    """Run a Postfix command and return its stdout.
-
-    Postfix commands print their warnings and fatal errors on stderr only when it is a
-    terminal; otherwise they go to the maillog (or, if logging itself fails, nowhere, and the
-    command just exits 1). So stderr is a pseudo-terminal here and its text ends up in
-    PostfixCommandError.
-    """
-    controller, terminal = pty.openpty()
-    try:
-        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=terminal, env=_tool_env())
-    finally:
-        os.close(terminal)
-    errors: list[bytes] = []
-    reader = threading.Thread(target=_drain, args=(controller, errors), daemon=True)
-    reader.start()
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        reader.join(5)
-        os.close(controller)
-    if proc.returncode != 0:
-        err = b"".join(errors).decode(errors="replace").replace("\r\n", "\n")
-        raise PostfixCommandError(f"{' '.join(argv)} exited with {proc.returncode}:\n"
-                                  f"{out.decode(errors='replace')}{err}")
-    return out.decode()
-
-
-def _drain(fd: int, into: list[bytes]) -> None:
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: every holder of the terminal side has closed it
-            return
-        if not chunk:
-            return
-        into.append(chunk)
 
 
 def daemon_directory() -> Path:
