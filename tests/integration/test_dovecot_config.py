@@ -30,8 +30,10 @@ USER = "alice"
 
 def _run(capsys: pytest.CaptureFixture[str], dovecot: DovecotInstance,
          *args: str) -> tuple[int, str, str]:
+    # The test bed's mail user is "mail"; this machine may have no group postward.
     code = main(["dovecot-config", "--snippets", str(SNIPPETS), "--dovecot-dir",
-                 str(dovecot.config_dir), "--sieve-pipe-dir", str(dovecot.pipe_bin_dir), *args])
+                 str(dovecot.config_dir), "--sieve-pipe-dir", str(dovecot.pipe_bin_dir),
+                 "--socket-group", "mail", *args])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -86,6 +88,8 @@ def test_apply_installs_compiles_and_dovecot_runs_the_installed_files(
     # Paths made this machine's: the report scripts and the pipe directory given.
     assert f"imapsieve_mailbox1_before = file:{etc}/sieve/report-spam.sieve" in conf
     assert f"sieve_pipe_bin_dir = {pipe}" in conf
+    # IMAP processes get the group that reaches classifierd's socket (here the test bed's).
+    assert "mail_access_groups = $mail_access_groups mail\n" in conf
     for name in ("report-spam", "report-ham", "dspam"):
         assert (etc / "sieve" / f"{name}.sieve").read_bytes() == (
             SNIPPETS / "dovecot" / f"{name}.sieve").read_bytes()
@@ -175,3 +179,4 @@ def test_doveconf_parses_the_shipped_90_postward_conf_as_it_is(tmp_path: Path) -
     parsed = subprocess.run(["doveconf", "-c", str(conf), "-n"], capture_output=True, text=True)
     assert parsed.returncode == 0, parsed.stderr
     assert "sieve_pipe_bin_dir = /usr/lib/dovecot/sieve-pipe" in parsed.stdout
+    assert "mail_access_groups = \" postward\"" in parsed.stdout

@@ -48,7 +48,9 @@ def _smtp(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _imap_messages(imap: imaplib.IMAP4, mailbox: str) -> list[dict[str, str]]:
-    imap.select(f'"{mailbox}"')
+    typ, _data = imap.select(f'"{mailbox}"')
+    if typ != "OK":  # not made yet (Sieve makes Spam with its first message)
+        return []
     _typ, data = imap.uid("SEARCH", "ALL")
     found = []
     for uid in (data[0] or b"").split():

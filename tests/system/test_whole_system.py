@@ -62,10 +62,16 @@ class System:
     def diagnose(self) -> str:
         c = self.container
         parts = [c.run(["postqueue", "-p"], check=False).stdout]
+        for box in ("INBOX", "Spam"):
+            parts.append(f"--- {BOB} {box}: {self.mailbox(BOB, box)}")
+        parts.append(c.run(["journalctl", "-n", "30", "--no-pager", "-t", "dovecot"],
+                           check=False).stdout)
         for unit in (*mailserver.UNITS, "postfix.service", "dovecot.service"):
             parts.append(f"--- {unit}\n{c.journal(unit, 15)}")
         parts.append(c.run(["journalctl", "-n", "40", "--no-pager", "-t", "postfix/pipe",
-                            "-t", "postfix/smtpd", "-t", "postfix/qmgr"], check=False).stdout)
+                            "-t", "postfix/smtpd", "-t", "postfix/qmgr", "-t", "postfix/smtp",
+                            "-t", "postfix/cleanup", "-t", "postfix/pickup"],
+                           check=False).stdout)
         return "\n".join(parts)
 
 
@@ -147,8 +153,11 @@ def test_outbound_mail_is_dkim_signed_and_verifies_at_the_receiver(system: Syste
     system.container.run(["/usr/sbin/sendmail", "-f", "alice@example.test", "carol@receiver.test"],
                          input="From: alice@example.test\nTo: carol@receiver.test\n"
                                "Subject: signed on the way out\n\nhello from the mail server\n")
-    [path] = wait_until(lambda: list(set(sink.iterdir()) - before), timeout=60, interval=0.5,
-                        what="the message at the remote MX")
+    try:
+        [path] = wait_until(lambda: list(set(sink.iterdir()) - before), timeout=60,
+                            interval=0.5, what="the message at the remote MX")
+    except TimeoutError:
+        raise AssertionError(system.diagnose()) from None
     received = path.read_bytes()
     assert b"DKIM-Signature:" in received and b"d=example.test" in received, received
     # Verified at the receiver, through the world's DNS: by postward's own verifier and by

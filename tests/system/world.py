@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,11 +82,11 @@ class World:
         self._processes.append(unbound)
         unbound.start(ready=lambda: self._answers("mx.example.test"), timeout=30)
 
-        # smtp-sink drops privileges to "postfix" (-u) and writes one file per message.
+        # smtp-sink writes one file per message. It stays root (-u root): pytest's directories
+        # are 0700, out of reach of the "postfix" user it would switch to by default.
         self.sink_dir.mkdir(parents=True, exist_ok=True)
-        shutil.chown(self.sink_dir, "postfix", "postfix")
         sink = ManagedProcess("world-smtp-sink", self.network.in_world(
-            [self._smtp_sink(), "-u", "postfix", "-d", f"{self.sink_dir}/%Y%m%d%H%M%S.",
+            [self._smtp_sink(), "-u", "root", "-d", f"{self.sink_dir}/%Y%m%d%H%M%S.",
              f"{WORLD_IP}:{SINK_PORT}", "50"]), self.workdir / "smtp-sink.log")
         self._processes.append(sink)
         sink.start(ready=lambda: self._listening(SINK_PORT), timeout=30)

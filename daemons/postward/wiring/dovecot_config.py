@@ -23,6 +23,7 @@ from pathlib import Path
 from postward.wiring.dovecot_files import (
     DOVECOT_DIR,
     SIEVE_PIPE_DIR,
+    SOCKET_GROUP,
     Item,
     antispam_leftovers,
     compiled_is_current,
@@ -45,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"Dovecot's configuration directory (default {DOVECOT_DIR})")
     p.add_argument("--sieve-pipe-dir", type=absolute_path, default=SIEVE_PIPE_DIR,
                    help=f"sieve_pipe_bin_dir (default {SIEVE_PIPE_DIR})")
+    p.add_argument("--socket-group", default=SOCKET_GROUP,
+                   help="the group of postward-classifierd's socket, given to IMAP processes "
+                        f"so postward-retrain reaches it (default {SOCKET_GROUP})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         snippets = find_snippets(args.snippets, marker="dovecot/90-postward.conf")
-        items = plan(snippets, args.dovecot_dir, args.sieve_pipe_dir)
+        items = plan(snippets, args.dovecot_dir, args.sieve_pipe_dir, args.socket_group)
     except SnippetError as e:
         print(f"postward dovecot-config: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -73,8 +77,10 @@ class Tools:
 
     def __init__(self, dovecot_dir: Path) -> None:
         self.conf = dovecot_dir / "dovecot.conf"
-        # Their default configuration is /etc/dovecot/dovecot.conf: name it only otherwise.
-        self.config_args = [] if dovecot_dir == DOVECOT_DIR else ["-c", str(self.conf)]
+        # Always named: without -c, a running Dovecot's config service answers instead, with
+        # the settings it started with (before the files just installed), and sievec then
+        # refuses the report scripts ("unknown Sieve capability imapsieve").
+        self.config_args = ["-c", str(self.conf)]
         self.sievec = shutil.which("sievec")
         self.doveconf = shutil.which("doveconf")
 

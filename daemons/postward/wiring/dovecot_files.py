@@ -7,6 +7,8 @@ report scripts and the pipe directory that were really installed.
 
 from __future__ import annotations
 
+import grp
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +50,17 @@ class Item:
     state: FileState
 
 
-def content(path: Path, dovecot_dir: Path, pipe_dir: Path) -> bytes:
-    """A shipped file's bytes with its Dovecot paths made this machine's ones."""
+SOCKET_GROUP = "postward"
+_ACCESS_GROUPS = "mail_access_groups = $mail_access_groups "
+
+
+def content(path: Path, dovecot_dir: Path, pipe_dir: Path,
+            socket_group: str = SOCKET_GROUP) -> bytes:
+    """A shipped file's bytes with its Dovecot paths and the classifier socket's group made
+    this machine's ones."""
     text = read_text(path)
+    if socket_group != SOCKET_GROUP:
+        text = text.replace(_ACCESS_GROUPS + SOCKET_GROUP, _ACCESS_GROUPS + socket_group)
     if pipe_dir != SIEVE_PIPE_DIR:
         text = text.replace(str(SIEVE_PIPE_DIR), str(pipe_dir))
     if dovecot_dir != DOVECOT_DIR:
@@ -58,7 +68,8 @@ def content(path: Path, dovecot_dir: Path, pipe_dir: Path) -> bytes:
     return text.encode()
 
 
-def plan(snippets: Path, dovecot_dir: Path, pipe_dir: Path) -> list[Item]:
+def plan(snippets: Path, dovecot_dir: Path, pipe_dir: Path,
+         socket_group: str = SOCKET_GROUP) -> list[Item]:
     """Each shipped file with its target and how the target stands (SnippetError if one
     cannot be read)."""
     items = []
@@ -66,7 +77,8 @@ def plan(snippets: Path, dovecot_dir: Path, pipe_dir: Path) -> list[Item]:
         source = snippets / "dovecot" / shipped.name
         target_dir = pipe_dir if shipped.subdir is None else dovecot_dir / shipped.subdir
         install = FileInstall(source, target_dir / shipped.name,
-                              content(source, dovecot_dir, pipe_dir), shipped.mode)
+                              content(source, dovecot_dir, pipe_dir, socket_group),
+                              shipped.mode)
         items.append(Item(shipped, install, install.state()))
     return items
 
@@ -89,7 +101,20 @@ def placement(item: Item, dovecot_dir: Path) -> str:
     if item.shipped.name == "postward-retrain":
         needs = missing_paths(item.file.content.decode())
         return f"needs {' and '.join(needs)}, not installed yet" if needs else ""
+    if item.shipped.name == "90-postward.conf":
+        group = re.search(re.escape(_ACCESS_GROUPS) + r"(\S+)", item.file.content.decode())
+        if group and not _group_exists(group.group(1)):
+            return (f"gives IMAP processes group {group.group(1)}, which does not exist yet "
+                    f"(the package makes it; Dovecot refuses IMAP logins until it exists)")
     return ""
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def antispam_leftovers(dovecot_dir: Path) -> list[str]:
