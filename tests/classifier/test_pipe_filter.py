@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from postward.classifier import filter_client
 from tests.classifier.daemon_fixture import ClassifierDaemon
 
 pytestmark = pytest.mark.integration
@@ -101,7 +102,30 @@ def test_agent_failures_are_passed_on_or_deferred(world, make_classifierd, redis
     broken = make_classifierd("broken-agent", redis_url=redis_server.url,
                               delivery_agent="/nonexistent/deliver -d %u")
     done = run_filter(broken, message("x", HAM_WORDS))
-    assert done.returncode == 75 and b"cannot run /nonexistent/deliver" in done.stderr
+    assert done.returncode == 75 and b"cannot run '/nonexistent/deliver'" in done.stderr
+
+
+def test_an_agent_exec_fails_other_than_oserror_the_child_exits_75() -> None:
+    """execv() raises ValueError (not OSError) for an empty name or a NUL byte; the forked
+    child must still exit 75 and never return into the filter's own code."""
+    assert filter_client.deliver("", b"Subject: x\n\nbody\n") == 75
+    assert filter_client.deliver("/bin/true\tnul\0byte", b"Subject: x\n\nbody\n") == 75
+
+
+def test_an_unexpected_fault_defers_never_bounces(world) -> None:  # type: ignore[no-untyped-def]
+    """A fault nothing else catches (here: stdout, where --stdout writes, is a closed pipe)
+    exits 75, which Postfix retries; a traceback's exit 1 would make pipe(8) bounce."""
+    daemon, _dovecot = world
+    argv = daemon.filter_argv("--stdout", "--user", USER)
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, user="mail", group="mail", extra_groups=[])
+    assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
+    proc.stdout.close()  # nobody reads: the filter's write gets EPIPE
+    proc.stdin.write(message("x", HAM_WORDS) * 2000)
+    proc.stdin.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 75, err
+    assert b"internal error: BrokenPipeError" in err, err
 
 
 def test_malformed_and_oversized_messages_are_delivered(world, make_classifierd,  # type: ignore[no-untyped-def]

@@ -185,14 +185,15 @@ def deliver(agent, message):
     except OSError as e:
         sys.stderr.write(f"postward-filter: cannot start {argv[0]}: {e}\n")
         return EX_TEMPFAIL
-    if pid == 0:  # the child becomes the agent
+    if pid == 0:  # the child becomes the agent, or exits 75: it never returns into our code
         try:
             os.close(write_end)
             os.dup2(read_end, 0)
             os.execv(argv[0], argv)
-        except OSError as e:
-            sys.stderr.write(f"postward-filter: cannot run {argv[0]}: {e}\n")
-        os._exit(EX_TEMPFAIL)
+        except BaseException as e:  # OSError, or ValueError for an empty agent name
+            sys.stderr.write(f"postward-filter: cannot run {argv[0]!r}: {e}\n")
+        finally:
+            os._exit(EX_TEMPFAIL)
     os.close(read_end)
     try:
         with os.fdopen(write_end, "wb") as pipe:
@@ -328,6 +329,10 @@ def main(argv=None):
                                  f"{inner}; deferring\n")
                 return EX_TEMPFAIL
         sys.stderr.write(f"postward-filter: {e}; deferring\n")
+        return EX_TEMPFAIL
+    except Exception as e:  # a fault of ours: 75 (Postfix retries), never 1 (pipe(8) bounces)
+        sys.stderr.write(f"postward-filter: internal error: {type(e).__name__}: {e}; "
+                         f"deferring\n")
         return EX_TEMPFAIL
 
 
