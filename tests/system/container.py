@@ -131,13 +131,26 @@ class Container:
         wait_until(self._booted, timeout=120, interval=0.5, what="systemd in the container")
 
     def _find_leader(self) -> bool:
+        """The container's PID 1: the nspawn child that is PID 1 in its own PID namespace
+        (nspawn briefly has a helper child outside it, which must not be taken)."""
         assert self._nspawn is not None
         if self._nspawn.poll() is not None:
             raise CommandFailed(f"systemd-nspawn exited: {self.log_tail()}")
-        for task in Path(f"/proc/{self._nspawn.pid}/task").iterdir():
-            children = (task / "children").read_text().split()
-            if children:
-                self.leader = int(children[0])
+        try:
+            tasks = list(Path(f"/proc/{self._nspawn.pid}/task").iterdir())
+            children = [int(pid) for task in tasks for pid in
+                        (task / "children").read_text().split()]
+        except OSError:
+            return False  # nspawn is changing under us: look again
+        for pid in children:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            nspid = next((line.split()[1:] for line in status.splitlines()
+                          if line.startswith("NSpid:")), [])
+            if len(nspid) == 2 and nspid[-1] == "1":
+                self.leader = pid
                 return True
         return False
 
@@ -156,13 +169,15 @@ class Container:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._nspawn.pid, signal.SIGKILL)
                 self._nspawn.wait(timeout=10)
-        # The overlay may stay busy for a moment after nspawn's exit.
+        # The overlay may stay busy for a moment after nspawn's exit; in the end it is detached
+        # lazily, so no mount outlives the test.
         for _ in range(20):
-            if subprocess.run(["umount", str(self.root)], capture_output=True).returncode == 0:
-                break
             if not os.path.ismount(self.root):
-                break
+                return
+            if subprocess.run(["umount", str(self.root)], capture_output=True).returncode == 0:
+                return
             time.sleep(0.25)
+        subprocess.run(["umount", "-l", str(self.root)], capture_output=True, check=False)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -74,5 +74,9 @@ def build_deb(workdir: Path) -> Path:
         [deb] = (workdir / "src").glob("postward_*.deb")
         out_dir.mkdir(parents=True, exist_ok=True)
         final = out_dir / deb.name
-        shutil.copy2(deb, final)
+        # Copied under another name and renamed: an interrupted copy is never taken for a
+        # package by the next run.
+        partial = out_dir / f".{deb.name}.partial"
+        shutil.copy2(deb, partial)
+        os.replace(partial, final)
         return final

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 from tests.system.container import CLIENT_IPS, HOST_IP, WORLD_IP, Network
@@ -44,6 +46,7 @@ class World:
         self.workdir = workdir
         self.sink_dir = workdir / "received"
         self._processes: list[ManagedProcess] = []
+        self._sink: ManagedProcess | None = None
 
     def records(self, dkim_txt: dict[str, str]) -> list[str]:
         data = [f"mx.example.test. A {HOST_IP}"]
@@ -89,6 +92,7 @@ class World:
             [self._smtp_sink(), "-u", "root", "-d", f"{self.sink_dir}/%Y%m%d%H%M%S.",
              f"{WORLD_IP}:{SINK_PORT}", "50"]), self.workdir / "smtp-sink.log")
         self._processes.append(sink)
+        self._sink = sink
         sink.start(ready=lambda: self._listening(SINK_PORT), timeout=30)
 
     @staticmethod
@@ -138,6 +142,17 @@ class World:
              "--target", target]),
             capture_output=True, text=True, timeout=120, check=True)
         return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    def complete_files(self, exclude: Collection[Path] = ()) -> list[Path]:
+        """Messages smtp-sink has finished writing (it keeps a file open until the
+        transaction ends), except ``exclude``."""
+        assert self._sink is not None
+        try:
+            open_now = {os.readlink(fd) for fd in Path(f"/proc/{self._sink.pid}/fd").iterdir()}
+        except OSError:
+            open_now = set()
+        return [p for p in sorted(self.sink_dir.iterdir())
+                if p.is_file() and p not in exclude and str(p) not in open_now]
 
     def received(self) -> list[bytes]:
         return [p.read_bytes() for p in sorted(self.sink_dir.iterdir()) if p.is_file()]

@@ -386,8 +386,7 @@ def _check_key_stat(path: Path, st: os.stat_result, daemon_uid: int | None,
                 or (st.st_gid in gids and mode & stat.S_IRGRP))
     if not readable:
         raise KeyFileError(f"{path} is not readable by the daemon's user {daemon} ({shown}); "
-                           f"chown {_user_name(daemon_uid)} {path} and chmod 0600 {path}, or "
-                           f"chown root:{daemon_group} {path} and chmod 0640 {path}")
+                           f"chown {_user_name(daemon_uid)} {path} and chmod 0600 {path}")
 
 
 def _check_directories(path: Path, daemon_uid: int | None) -> None:

@@ -346,10 +346,9 @@ def _genkey_notes(key: PrivateKey, private_path: Path, txt_path: Path, selector:
         f"Publish the record above as TXT at {key_record_name(selector, domain)}, then check "
         "it with:",
         f"  postward dkim testkey -d {q(domain)} -s {q(selector)} -k {key_file}",
-        f"The daemon reads the key as its user ({user}), so give it the file:",
+        f"The daemon reads the key as its user ({user}), so give it the file (0600: the "
+        f"group {user} is also given to Dovecot's IMAP processes for retraining):",
         f"  chown {q(user)}: {key_file}",
-        f"or keep it root's and let the group read it: chown root:{q(user)} {key_file}; "
-        f"chmod 0640 {key_file}",
     ]
     if key.algorithm == "ed25519":
         lines.append("Ed25519 (RFC 8463) is not verified by every receiver yet: sign with an "
