@@ -87,11 +87,6 @@ def run(args: argparse.Namespace) -> int:
 # Printing: a shell script
 
 
-def _comments(lines: tuple[str, ...] | list[str], prefix: str) -> Iterator[str]:
-    for i, line in enumerate(lines):
-        yield f"# {prefix if i == 0 else ''}{line}"
-
-
 def script(plan: Plan, snippets: Path, config_dir: Path | None) -> Iterator[str]:
     """The commands that make the plan, as a reviewable shell script (comments say why)."""
     yield (f"# postward postfix-config: wire {', '.join(plan.components)} into "
@@ -105,16 +100,17 @@ def script(plan: Plan, snippets: Path, config_dir: Path | None) -> Iterator[str]
             path = plan.config_dir / name
             yield shlex.join(["cp", "-p", str(path), str(backup_path(path))])
     for step in plan.params:
-        yield from _comments(step.warnings, "warning: ")
+        yield from (f"# warning: {line}" for line in step.warnings)
         if step.action is Action.SET:
             if step.old is not None:
                 yield f"# was: {step.name} = {step.old}"
+            yield from (f"#   {line}" for line in step.changes)
             yield shlex.join([*_short(postconf_argv(config_dir, "-e")),
                               f"{step.name} = {step.new}"])
         elif step.action is Action.SAME:
             how = "already set" if step.old is not None else "Postfix's default already"
             yield f"# {how}: {step.name} = {step.new}"
-        yield from _comments(step.notes, "kept: ")
+        yield from (f"# kept: {note}" for note in step.notes)
     for service in plan.services:
         if service.action is Action.SET:
             if service.old is not None:
@@ -192,10 +188,10 @@ def apply(plan: Plan, wiring: Wiring, config_dir: Path | None, reload: bool) -> 
 
 def _report(plan: Plan) -> Iterator[str]:
     for step in plan.params:
-        for line in step.warnings:
-            yield line if line.startswith("  ") else f"warning: {line}"
+        yield from (f"warning: {line}" for line in step.warnings)
         if step.action is Action.SET:
             yield f"set {step.name}: {_was(step)} -> {step.new}"
+            yield from (f"  {line}" for line in step.changes)
         yield from (f"kept: {note}" for note in step.notes)
     for service in plan.master_cf_changes:
         yield f"set {service.key}: {service.old or '(no such service)'}"

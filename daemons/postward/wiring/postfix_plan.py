@@ -8,10 +8,14 @@ Per main.cf parameter of a snippet:
 - already the snippet's value (postconf's normalised form): nothing to do;
 - a ``postward_*`` address the admin set to something else: kept (that is what the parameter
   is for: the daemon runs elsewhere);
-- a list (:data:`~postward.wiring.postfix_lists.LIST_PARAMS`) that already has the snippet's
-  items in order, with more of the admin's own: kept;
-- otherwise set; a list that was not Postfix's default gets a warning saying what it loses
-  (the backup of main.cf keeps it).
+- ``milter_default_action`` the admin set: kept, with a note (it applies to every milter);
+- a list (:data:`~postward.wiring.postfix_lists.LIST_PARAMS`) that is Postfix's default: set
+  to the snippet's value, unless postward's entry already acts from another restriction list;
+- a list of the admin's: merged (:func:`~postward.wiring.postfix_lists.merge`): postward's
+  entries under another spelling are respelled in place, missing ones added; nothing of the
+  admin's is removed. A restriction list no snippet sets is respelled too, when it holds one
+  of postward's entries (the guide's FILTER in ``smtpd_client_restrictions``);
+- otherwise set.
 
 A master.cf service is set unless its entry already has the snippet's words. A map is
 installed into the config directory unless the admin has one there (kept, said so).
@@ -26,7 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from postward.wiring.files import FileInstall, FileState, missing_paths
-from postward.wiring.postfix_lists import LIST_PARAMS, contains, replacement
+from postward.wiring.postfix_lists import (
+    LIST_PARAMS,
+    RESTRICTION_LISTS,
+    Entry,
+    holder,
+    items,
+    join,
+    merge,
+    reference,
+    snippet_entries,
+)
 from postward.wiring.postfix_state import PostfixState, normalize
 from postward.wiring.snippets import Snippet, logical_lines, read_text
 
@@ -38,6 +52,13 @@ COMPONENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 # Where the snippets expect Postfix's configuration (maps are named by absolute path).
 DEFAULT_CONFIG_DIR = Path("/etc/postfix")
+# Set by a snippet, but the admin's explicit value is a choice postward only advises on: why.
+ADVISED = {
+    "milter_default_action": (
+        "while a milter is down, mail waits in the queue instead of going out unsigned; it "
+        "applies to every milter, or to postward's alone written as "
+        "{ $postward_dkim_milter, default_action=tempfail } in smtpd_milters"),
+}
 
 
 class Action(enum.Enum):
@@ -54,8 +75,9 @@ class ParamStep:
     old: str | None         # as set in main.cf (None: not set)
     effective: str | None   # main.cf's or the default
     action: Action
-    notes: tuple[str, ...] = ()   # why it is kept
+    notes: tuple[str, ...] = ()     # why it (or part of it) is kept
     warnings: tuple[str, ...] = ()
+    changes: tuple[str, ...] = ()   # a merged list: what changes, one line per entry
 
 
 @dataclass(frozen=True)
@@ -114,7 +136,9 @@ class Wiring:
 
     @property
     def param_names(self) -> list[str]:
-        return [name for s in self.snippets if s.kind == "main" for name, _ in s.entries]
+        """The snippets' parameters, then the restriction lists postward's entries may be in."""
+        names = [name for s in self.snippets if s.kind == "main" for name, _ in s.entries]
+        return names + [name for name in RESTRICTION_LISTS if name not in names]
 
 
 def load_wiring(directory: Path, components: list[str]) -> Wiring:
@@ -146,10 +170,16 @@ def build_plan(state: PostfixState, wiring: Wiring, components: list[str]) -> Pl
         if snippet.kind == "main":
             for name, value in snippet.entries:
                 wanted[name] = (snippet.path.name, _localize(value, wiring.maps, state.config_dir))
-    values = {name: value for name, (_, value) in wanted.items()}
-    expand_with = {**state.explicit, **values}
+    lists = _Lists(state, wanted)
     for name, (origin, value) in wanted.items():
-        plan.params.append(_param_step(state, origin, name, value, values, expand_with))
+        plan.params.append(lists.step(origin, name, value) if name in LIST_PARAMS
+                           else _param_step(state, origin, name, value))
+    # postward's entries in restriction lists of the admin's that no snippet sets: respelled
+    for name in RESTRICTION_LISTS:
+        if name not in wanted and not state.is_default(name):
+            step = lists.step(None, name, None)
+            if step.action is Action.SET:
+                plan.params.append(step)
     for snippet in wiring.snippets:
         if snippet.kind == "master":
             for key, entry in snippet.entries:
@@ -161,8 +191,7 @@ def build_plan(state: PostfixState, wiring: Wiring, components: list[str]) -> Pl
     return plan
 
 
-def _param_step(state: PostfixState, snippet: str, name: str, value: str,
-                values: dict[str, str], expand_with: dict[str, str]) -> ParamStep:
+def _param_step(state: PostfixState, snippet: str, name: str, value: str) -> ParamStep:
     old, effective = state.explicit.get(name), state.value(name)
     step = ParamStep(snippet, name, value, old, effective, Action.SET)
     if effective is not None and normalize(effective) == normalize(value):
@@ -170,23 +199,86 @@ def _param_step(state: PostfixState, snippet: str, name: str, value: str,
     if name.startswith("postward_") and old:
         return _with(step, Action.KEPT, notes=(
             f"{name} = {old} is yours: kept (postward's default: {value})",))
-    kind = LIST_PARAMS.get(name)
-    if kind is None or old is None or state.is_default(name):
-        return step
-    if contains(old, value, kind):
+    if name in ADVISED and old:
         return _with(step, Action.KEPT, notes=(
-            f"{name} already has postward's {value!r} among your entries: kept",))
-    others = {n: v for n, v in values.items() if n != name and LIST_PARAMS.get(n) == kind}
-    lines = replacement(old, value, kind, expand_with, others)
-    return _with(step, Action.SET, warnings=(
-        f"{name} was {old!r}; {snippet} replaces the whole list (the backup of main.cf keeps "
-        "the old one):", *(f"  {line}" for line in lines)))
+            f"{name} = {old} is yours: kept (postward's snippet has {value}: {ADVISED[name]})",))
+    return step
+
+
+class _Lists:
+    """The list parameters: postward's entries per snippet list, merged into the admin's."""
+
+    def __init__(self, state: PostfixState, wanted: dict[str, tuple[str, str]]) -> None:
+        self.state = state
+        snippet_lists = {n: v for n, (_, v) in wanted.items() if n in LIST_PARAMS}
+        self.own = {n: snippet_entries(n, v, LIST_PARAMS[n], wanted[n][0], snippet_lists)
+                    for n, v in snippet_lists.items()}
+        # $references expand to the values postward leaves: the admin's, and its postward_*
+        # defaults where the admin has none; list parameters stay references.
+        self.params = {n: v for n, v in state.explicit.items() if n not in LIST_PARAMS}
+        self.params.update({n: v for n, (_, v) in wanted.items()
+                            if n.startswith("postward_") and not state.explicit.get(n)})
+        self.after: dict[str, str] = {}  # the lists as the plan leaves them
+
+    def _known(self, kind: str) -> list[Entry]:
+        every = [e for n, es in self.own.items() if LIST_PARAMS[n] == kind for e in es]
+        return list({e.item: e for e in every}.values())
+
+    def _elsewhere(self, name: str) -> dict[str, str]:
+        """The other lists where one of postward's entries acts as well: a restriction acts
+        from any smtpd restriction list, a milter only from its own list."""
+        if LIST_PARAMS[name] != "restrictions":
+            return {}
+        return {n: self.state.explicit[n] for n in RESTRICTION_LISTS
+                if n != name and n in self.state.explicit}
+
+    def step(self, snippet: str | None, name: str, value: str | None) -> ParamStep:
+        """A snippet's list (``value``), or (``value`` None) a list only to respell."""
+        state, kind = self.state, LIST_PARAMS[name]
+        old, effective = state.explicit.get(name), state.value(name)
+        step = ParamStep(snippet or "", name, value or "", old, effective, Action.SET)
+        own = self.own.get(name, [])
+        if value is not None and effective is not None and normalize(effective) == normalize(
+                value):
+            self.after[name] = value
+            return _with(step, Action.SAME)
+        self.after[name] = effective or ""
+        if value is not None and (old is None or state.is_default(name)):
+            # Postfix's default: the snippet's list, unless its entries act from another list.
+            merged = merge(name, "", kind, own, (), self._elsewhere(name), self.params)
+            if own and not merged.changes:
+                return _with(step, Action.KEPT, notes=tuple(merged.notes))
+            self.after[name] = value
+            return _with(step, Action.SET, changes=tuple(self._brings(name, value)))
+        merged = merge(name, old or "", kind, own, self._known(kind), self._elsewhere(name),
+                       self.params)
+        if merged.items == items(old or "", kind):
+            return _with(step, Action.KEPT, notes=tuple(merged.notes),
+                         warnings=tuple(merged.warnings))
+        new = self.after[name] = join(merged.items, old or "")
+        origin = snippet or ", ".join(dict.fromkeys(e.snippet for e in merged.respelled))
+        return ParamStep(origin, name, new, old, effective, Action.SET, tuple(merged.notes),
+                         tuple(merged.warnings), tuple(merged.changes))
+
+    def _brings(self, name: str, value: str) -> list[str]:
+        """What a reference to another list brings along besides postward's entries
+        (``non_smtpd_milters = $smtpd_milters`` with the admin's milters in smtpd_milters)."""
+        lines = []
+        for item in items(value, LIST_PARAMS[name]):
+            ref = reference(item)
+            if ref in self.after and ref in self.own:
+                kind = LIST_PARAMS[ref]
+                theirs = [i for i in items(self.after[ref], kind) if not any(
+                    holder([i], e, kind, self.params) for e in self.own[ref])]
+                if theirs:
+                    lines.append(f"{item} brings your {', '.join(theirs)} to {name} as well")
+        return lines
 
 
 def _with(step: ParamStep, action: Action, notes: tuple[str, ...] = (),
-          warnings: tuple[str, ...] = ()) -> ParamStep:
+          warnings: tuple[str, ...] = (), changes: tuple[str, ...] = ()) -> ParamStep:
     return ParamStep(step.snippet, step.name, step.new, step.old, step.effective, action,
-                     notes, warnings)
+                     notes, warnings, changes)
 
 
 def _service_step(state: PostfixState, snippet: str, key: str, entry: str) -> ServiceStep:
