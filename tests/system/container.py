@@ -83,6 +83,29 @@ class CommandFailed(RuntimeError):
     pass
 
 
+def mount_overlay(base: Path, workdir: Path) -> Path:
+    """``workdir/root``: ``base`` (never written) under a writable layer in ``workdir``."""
+    for d in ("upper", "work", "root"):
+        (workdir / d).mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o",
+         f"lowerdir={base},upperdir={workdir / 'upper'},workdir={workdir / 'work'}",
+         str(workdir / "root")], check=True, capture_output=True, timeout=30)
+    return workdir / "root"
+
+
+def unmount(root: Path) -> None:
+    """The overlay may stay busy for a moment after nspawn's exit; in the end it is detached
+    lazily, so no mount outlives the test."""
+    for _ in range(20):
+        if not os.path.ismount(root):
+            return
+        if subprocess.run(["umount", str(root)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.25)
+    subprocess.run(["umount", "-l", str(root)], capture_output=True, check=False)
+
+
 class Container:
     """Debian booted with systemd-nspawn over ``base`` (read-only lower layer)."""
 
@@ -110,13 +133,7 @@ class Container:
     # -- life --
 
     def boot(self) -> None:
-        for d in ("upper", "work", "root"):
-            (self.workdir / d).mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={self.base},upperdir={self.workdir / 'upper'},"
-             f"workdir={self.workdir / 'work'}", str(self.root)],
-            check=True, capture_output=True, timeout=30)
+        mount_overlay(self.base, self.workdir)
         self.write("/etc/hostname", "mx\n")
         self.write("/etc/resolv.conf", f"nameserver {WORLD_IP}\n")
         with self.log_path.open("ab") as log:
@@ -169,15 +186,7 @@ class Container:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._nspawn.pid, signal.SIGKILL)
                 self._nspawn.wait(timeout=10)
-        # The overlay may stay busy for a moment after nspawn's exit; in the end it is detached
-        # lazily, so no mount outlives the test.
-        for _ in range(20):
-            if not os.path.ismount(self.root):
-                return
-            if subprocess.run(["umount", str(self.root)], capture_output=True).returncode == 0:
-                return
-            time.sleep(0.25)
-        subprocess.run(["umount", "-l", str(self.root)], capture_output=True, check=False)
+        unmount(self.root)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

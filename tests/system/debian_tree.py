@@ -37,8 +37,8 @@ class TreeBuildFailed(RuntimeError):
     """debootstrap or apt in the tree failed; the message carries the log's tail."""
 
 
-def _key() -> str:
-    text = "\n".join([SUITE, MIRROR, *BOOT_PACKAGES, *SERVER_PACKAGES])
+def _key(packages: tuple[str, ...]) -> str:
+    text = "\n".join([SUITE, MIRROR, *BOOT_PACKAGES, *packages])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -60,9 +60,11 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def _build(target: Path, log: Path) -> None:
+def _build(target: Path, log: Path, packages: tuple[str, ...]) -> None:
     _run_logged(["debootstrap", "--variant=minbase", f"--include={','.join(BOOT_PACKAGES)}",
                  SUITE, str(target), MIRROR], log, timeout=900)
+    if not packages:
+        return
     # Postfix asks debconf questions; "No configuration" leaves main.cf to the test, as on a
     # server whose admin configures Postfix by hand.
     script = (
@@ -70,23 +72,36 @@ def _build(target: Path, log: Path) -> None:
         " echo 'postfix postfix/main_mailer_type select No configuration'"
         " | debconf-set-selections;"
         " apt-get update -q;"
-        f" apt-get install -y -q --no-install-recommends {' '.join(SERVER_PACKAGES)};"
+        f" apt-get install -y -q --no-install-recommends {' '.join(packages)};"
         " apt-get clean"
     )
     _run_logged(["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", str(target),
                  "--resolv-conf=copy-host", "sh", "-c", script], log, timeout=1200)
 
 
-def base_tree() -> Path:
-    """The cached tree, built first if this machine has none for the current package list."""
-    final = CACHE_ROOT / f"{SUITE}-{_key()}"
+def _tree(kind: str, packages: tuple[str, ...]) -> Path:
+    final = CACHE_ROOT / f"{SUITE}-{kind}-{_key(packages)}"
     with _locked(CACHE_ROOT / f"{final.name}.lock"):
-        if (final / "usr/sbin/postfix").exists():
+        # A tree gets its final name only by the rename after a complete build; an interrupted
+        # one stays ".building" and is made again.
+        if final.is_dir():
             return final
         building = CACHE_ROOT / f"{final.name}.building"
         shutil.rmtree(building, ignore_errors=True)
         log = CACHE_ROOT / f"{final.name}.log"
         log.unlink(missing_ok=True)
-        _build(building, log)
+        _build(building, log, packages)
         building.rename(final)
     return final
+
+
+def base_tree() -> Path:
+    """The mail server before postward: systemd, Postfix, Dovecot, Redis, postward's
+    dependencies (the booted container's lower layer)."""
+    return _tree("server", SERVER_PACKAGES)
+
+
+def fresh_tree() -> Path:
+    """A fresh Debian 12 (minbase and systemd): what `apt install ./postward_*.deb` must cope
+    with, fetching the package's dependencies itself."""
+    return _tree("fresh", ())

@@ -41,6 +41,7 @@ class System:
     container: Container
     world: World
     install: mailserver.InstallReport
+    deb_name: str
 
     def mailbox(self, user: str, mailbox: str) -> list[dict[str, str]]:
         return self.world.imap("list", user=user, password=mailserver.USERS[user],
@@ -93,7 +94,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         world.start(dkim_record)
         mailserver.configure(container)
         mailserver.train(container, BOB, SPAM_WORDS, HAM_WORDS)
-        yield System(container, world, install)
+        yield System(container, world, install, deb.name)
     finally:
         world.stop()
         container.stop()
@@ -248,3 +249,27 @@ def test_restarting_each_unit_in_a_stream_of_messages_loses_none(system: System)
     got = [m["subject"] for box in ("INBOX", "Spam") for m in system.mailbox(BOB, box)]
     assert all(got.count(s) == 1 for s in subjects)
     print(f"stream: {count} messages, {len(deferrals)} 4xx answers retried by the client")
+
+
+def test_upgrading_the_package_restarts_the_enabled_units_and_mail_flows_on(system: System) -> None:
+    """The upgrade path (a reinstall of the same .deb runs the same maintainer scripts): the
+    units the admin enabled are restarted, the config and keys stay, and mail goes on."""
+    c = system.container
+
+    def main_pids() -> dict[str, str]:
+        return {u: c.run(["systemctl", "show", "-P", "MainPID", u]).stdout.strip()
+                for u in mailserver.UNITS}
+
+    before = main_pids()
+    c.run(["apt-get", "install", "-y", "-q", "--reinstall", f"/root/{system.deb_name}"],
+          timeout=600)
+    wait_until(lambda: all(c.unit_active(u) for u in mailserver.UNITS), timeout=60,
+               interval=0.5, what="the units active after the upgrade")
+    after = main_pids()
+    assert all(after[u] not in ("0", before[u]) for u in mailserver.UNITS), (before, after)
+    assert c.run(["stat", "-c", "%a %U", f"/etc/postward/keys/{mailserver.SELECTOR}.private"]
+                 ).stdout.strip() == "600 postward"
+    answer = system.world.smtp("clean", to=BOB, subject="after the upgrade", body=HAM_WORDS,
+                               message_id=_message_id())
+    assert answer["data"][0] == 250, answer
+    system.wait_mail(BOB, "INBOX", "after the upgrade")
