@@ -127,6 +127,20 @@ def test_local_submission_is_signed(pair) -> None:  # type: ignore[no-untyped-de
     assert _our_results(_arrived(receiver, "via sendmail"), rx.authserv_id) == ["pass", "pass"]
 
 
+def test_mail_reinjected_by_the_classifier_is_not_signed(pair) -> None:  # type: ignore[no-untyped-def]
+    """postward-filter hands classified inbound mail back to sendmail (the guide's
+    re-injection), which is local submission to the milter: a stranger's forged
+    From: alice@example.test must not come out with our signature."""
+    sender, receiver, _tx, _rx = pair
+    forged = _message("forged, classified, re-injected").replace(
+        b"\n\n", b"\nX-DSPAM-Result: Innocent\n\n", 1)
+    subprocess.run(["/usr/sbin/sendmail", "-C", str(sender.config_dir), "-f",
+                    "alice@example.test", "bob@receiver.test"],
+                   input=forged, check=True, timeout=30)
+    got = _arrived(receiver, "forged, classified, re-injected")
+    assert got.message.get_all("DKIM-Signature") is None
+
+
 def test_altered_message_fails_and_forged_results_are_removed(pair) -> None:  # type: ignore[no-untyped-def]
     sender, receiver, _tx, rx = pair
     xclient_send(sender, "alice@example.test", "bob@receiver.test", _message("to be altered"))

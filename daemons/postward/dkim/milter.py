@@ -34,6 +34,9 @@ from postward.dkim.signer import SigningKey, headers_to_sign, make_signature
 
 log = get_log("dkim")
 
+# The header postward-filter (and dspam before it) puts on every message it classified.
+REINJECTED_MARK = "X-DSPAM-Result"
+
 _REPLIES = {
     "reject": ("550", "5.7.1", "DKIM signature verification failed"),
     "tempfail": ("451", "4.7.1", "DKIM verification could not be completed; try again later"),
@@ -185,7 +188,15 @@ class DkimMilter(Milter.Base):
     def eoh(self) -> int:
         msg, policy = self.msg, self.policy
         fields = msg.headers.fields
-        if policy.sign and self._originating():
+        if policy.sign and self._originating() and msg.headers.count(REINJECTED_MARK):
+            # Inbound mail that postward-filter classified and handed back to sendmail (the
+            # guide's re-injection) comes through non_smtpd_milters as local submission: signing
+            # it would put our signature on a stranger's forged From: our-domain. The filter
+            # strips X-DSPAM-* from what arrives and adds its own, so the header marks exactly
+            # such mail (and outbound mail from mynetworks, signed already at smtpd).
+            log.info("not_signed", queue_id=self._queue_id(),
+                     reason="re-injected by postward-filter")
+        elif policy.sign and self._originating():
             sender = msg.headers.from_address()
             msg.keys = policy.signing_keys(sender) if sender else []
             if msg.keys:
