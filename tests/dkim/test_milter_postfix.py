@@ -139,6 +139,13 @@ def test_mail_reinjected_by_the_classifier_is_not_signed(pair) -> None:  # type:
                    input=forged, check=True, timeout=30)
     got = _arrived(receiver, "forged, classified, re-injected")
     assert got.message.get_all("DKIM-Signature") is None
+    # A SASL user's message that keeps an old X-DSPAM-Result (a redirect) is still signed.
+    redirected = _message("redirected by a user").replace(
+        b"\n\n", b"\nX-DSPAM-Result: Innocent\n\n", 1)
+    code, _ = xclient_send(sender, "alice@example.test", "bob@receiver.test", redirected,
+                           addr=OUTSIDE_CLIENT, login="alice")
+    assert code == 250
+    assert len(_arrived(receiver, "redirected by a user").message.get_all("DKIM-Signature")) == 2
 
 
 def test_altered_message_fails_and_forged_results_are_removed(pair) -> None:  # type: ignore[no-untyped-def]

@@ -188,12 +188,14 @@ class DkimMilter(Milter.Base):
     def eoh(self) -> int:
         msg, policy = self.msg, self.policy
         fields = msg.headers.fields
-        if policy.sign and self._originating() and msg.headers.count(REINJECTED_MARK):
+        if (policy.sign and not msg.authenticated and self._originating()
+                and msg.headers.count(REINJECTED_MARK)):
             # Inbound mail that postward-filter classified and handed back to sendmail (the
             # guide's re-injection) comes through non_smtpd_milters as local submission: signing
             # it would put our signature on a stranger's forged From: our-domain. The filter
-            # strips X-DSPAM-* from what arrives and adds its own, so the header marks exactly
-            # such mail (and outbound mail from mynetworks, signed already at smtpd).
+            # strips X-DSPAM-* from what arrives and adds its own, so the header marks such mail
+            # (and outbound mail from mynetworks, signed already at smtpd). A SASL user's mail
+            # never went through the filter: a redirected message keeping the header is signed.
             log.info("not_signed", queue_id=self._queue_id(),
                      reason="re-injected by postward-filter")
         elif policy.sign and self._originating():
