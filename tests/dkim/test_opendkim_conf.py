@@ -20,31 +20,12 @@ from postward.dkim.opendkim_conf import (
     load_opendkim_conf,
 )
 from postward.dkim.opendkim_values import MilterSocket, parse_socket
-
-# The guide's files (secure-email-server-guide.md, "OpenDKIM"), byte for byte.
-GUIDE_CONF = """\
-##
-## opendkim.conf -- configuration file for OpenDKIM filter
-##
-Canonicalization        relaxed/relaxed
-ExternalIgnoreList      refile:/etc/opendkim/TrustedHosts
-InternalHosts           refile:/etc/opendkim/TrustedHosts
-KeyTable                refile:/etc/opendkim/KeyTable
-LogWhy                  Yes
-MinimumKeyBits          1024
-Mode                    sv
-PidFile                 /var/run/opendkim/opendkim.pid
-SigningTable            refile:/etc/opendkim/SigningTable
-Socket                  inet:8891@localhost
-Syslog                  Yes
-SyslogSuccess           Yes
-TemporaryDirectory      /var/tmp
-UMask                   022
-UserID                  opendkim:opendkim
-"""
-GUIDE_KEY_TABLE = "tristor.ro tristor.ro:mail:/etc/opendkim/mail\n"
-GUIDE_SIGNING_TABLE = "*@tristor.ro tristor.ro\n"
-GUIDE_TRUSTED_HOSTS = "127.0.0.1\n"
+from tests.dkim.guide_files import (
+    GUIDE_CONF,
+    GUIDE_KEY_TABLE,
+    GUIDE_SIGNING_TABLE,
+    GUIDE_TRUSTED_HOSTS,
+)
 
 # The active lines of Debian 12's stock /etc/opendkim.conf.
 DEBIAN_CONF = """\

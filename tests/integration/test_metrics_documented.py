@@ -37,7 +37,7 @@ from tests.testbed.dns_fixtures import (
     CLIENT_ON_THREE,
 )
 from tests.testbed.mail import make_message
-from tests.testbed.milter_client import EomResult, MilterClient, run_message
+from tests.testbed.milter_client import EomResult, one_message
 from tests.testbed.net import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,14 +231,7 @@ def _mail(subject: str) -> bytes:
 
 
 def _milter(daemon: DkimDaemon, message: bytes, client_ip: str) -> EomResult:
-    client = MilterClient((daemon.address, daemon.port))
-    try:
-        client.negotiate()
-        result = run_message(client, message, client_ip=client_ip)
-    finally:
-        client.close()
-    assert isinstance(result, EomResult), result
-    return result
+    return one_message((daemon.address, daemon.port), message, client_ip)
 
 
 @pytest.mark.integration

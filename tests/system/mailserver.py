@@ -14,6 +14,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.dkim.guide_files import (
+    GUIDE_CONF,
+    GUIDE_KEY_TABLE,
+    GUIDE_SIGNING_TABLE,
+    GUIDE_TRUSTED_HOSTS,
+)
 from tests.system.container import CLIENT_IPS, WORLD_IP, Container
 from tests.system.world import SINK_PORT
 
@@ -83,26 +89,6 @@ service lmtp {
 }
 """
 
-OPENDKIM_CONF = """\
-##
-## opendkim.conf -- configuration file for OpenDKIM filter (the guide's, as written)
-##
-Canonicalization        relaxed/relaxed
-ExternalIgnoreList      refile:/etc/opendkim/TrustedHosts
-InternalHosts           refile:/etc/opendkim/TrustedHosts
-KeyTable                refile:/etc/opendkim/KeyTable
-LogWhy                  Yes
-MinimumKeyBits          1024
-Mode                    sv
-PidFile                 /var/run/opendkim/opendkim.pid
-SigningTable            refile:/etc/opendkim/SigningTable
-Socket                  inet:8891@localhost
-Syslog                  Yes
-SyslogSuccess           Yes
-TemporaryDirectory      /var/tmp
-UMask                   022
-UserID                  opendkim:opendkim
-"""
 
 
 @dataclass
@@ -160,12 +146,13 @@ def configure(container: Container) -> None:
                                                      "action=greylist()"))
     conf = c.path("/etc/postward/postward.conf")
     conf.write_text(uncomment(conf.read_text(), POSTWARD_SETTINGS))
-    c.write("/etc/opendkim.conf", OPENDKIM_CONF)
-    # The guide's KeyTable and SigningTable lines, with the key where the package keeps keys.
-    c.write("/etc/opendkim/KeyTable",
-            f"{DOMAIN} {DOMAIN}:{SELECTOR}:/etc/postward/keys/{SELECTOR}.private\n")
-    c.write("/etc/opendkim/SigningTable", f"*@{DOMAIN} {DOMAIN}\n")
-    c.write("/etc/opendkim/TrustedHosts", "127.0.0.1\n")
+    # The guide's opendkim.conf as written; its KeyTable and SigningTable for this domain, with
+    # the key where the package keeps keys.
+    c.write("/etc/opendkim.conf", GUIDE_CONF)
+    c.write("/etc/opendkim/KeyTable", GUIDE_KEY_TABLE.replace("tristor.ro", DOMAIN).replace(
+        "/etc/opendkim/mail", f"/etc/postward/keys/{SELECTOR}.private"))
+    c.write("/etc/opendkim/SigningTable", GUIDE_SIGNING_TABLE.replace("tristor.ro", DOMAIN))
+    c.write("/etc/opendkim/TrustedHosts", GUIDE_TRUSTED_HOSTS)
 
     c.write("/etc/dovecot/conf.d/99-mailserver.conf", DOVECOT_CONF)
     c.write("/etc/dovecot/users", "".join(f"{u}:{p}\n" for u, p in USERS.items()), 0o640)

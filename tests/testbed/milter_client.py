@@ -172,3 +172,15 @@ def run_message(client: MilterClient, message: bytes, *, client_ip: str = "203.0
         if reply != "c":
             return reply
     return client.eom()
+
+
+def one_message(address: tuple[str, int], message: bytes, client_ip: str) -> EomResult:
+    """A connection of its own for one whole transaction that must reach end of message."""
+    client = MilterClient(address)
+    try:
+        client.negotiate()
+        result = run_message(client, message, client_ip=client_ip)
+    finally:
+        client.close()
+    assert isinstance(result, EomResult), result
+    return result

@@ -325,7 +325,7 @@ def test_dkim_in_its_sandbox(notify_socket, redis_server, dkim_dns, dkim_keys,  
                              testbed_dir, loopback) -> None:
     from tests.dkim.milter_fixture import DkimDaemon, KeySpec
     from tests.testbed.mail import make_message
-    from tests.testbed.milter_client import EomResult, MilterClient, run_message
+    from tests.testbed.milter_client import EomResult, one_message
 
     path, listener = notify_socket
     key = dkim_keys.rsa2048
@@ -336,14 +336,7 @@ def test_dkim_in_its_sandbox(notify_socket, redis_server, dkim_dns, dkim_keys,  
     daemon.start()
 
     def run(message: bytes, client_ip: str) -> EomResult:
-        client = MilterClient((daemon.address, daemon.port))
-        try:
-            client.negotiate()
-            result = run_message(client, message, client_ip=client_ip)
-        finally:
-            client.close()
-        assert isinstance(result, EomResult), result
-        return result
+        return one_message((daemon.address, daemon.port), message, client_ip)
 
     try:
         assert listener.wait_for("READY=1") == daemon.process.pid
