@@ -277,6 +277,16 @@ def _stop_as_systemd(process, listener: NotifySocket) -> None:  # type: ignore[n
     assert process.proc.wait(30) == 0, process.log_tail()
 
 
+def _reload_then_stop(process, listener: NotifySocket, reload_signal: int) -> None:  # type: ignore[no-untyped-def]
+    """ExecReload's signal (RELOADING=1, then READY=1), then a stop as systemd does it, and a
+    log with no error and nothing the sandbox refused."""
+    process.signal(reload_signal)
+    assert listener.wait_for("RELOADING=1") == process.pid
+    assert listener.wait_for("READY=1") == process.pid
+    _stop_as_systemd(process, listener)
+    _check_clean(process, listener)
+
+
 def _check_clean(process, listener: NotifySocket) -> None:  # type: ignore[no-untyped-def]
     log = process.log_path.read_text(errors="replace")
     assert "sandbox: filters loaded" in log, log
@@ -311,11 +321,7 @@ def test_policyd_with_workers_in_its_sandbox(notify_socket, redis_server, dkim_d
         body = urllib.request.urlopen(f"http://{loopback}:{metrics}/metrics",
                                       timeout=10).read().decode()
         assert "postward_policyd_requests_total" in body
-        daemon.process.signal(signal.SIGHUP)
-        assert listener.wait_for("RELOADING=1") == daemon.process.pid
-        assert listener.wait_for("READY=1") == daemon.process.pid
-        _stop_as_systemd(daemon.process, listener)
-        _check_clean(daemon.process, listener)
+        _reload_then_stop(daemon.process, listener, signal.SIGHUP)
     finally:
         daemon.stop()
 
@@ -346,11 +352,7 @@ def test_dkim_in_its_sandbox(notify_socket, redis_server, dkim_dns, dkim_keys,  
         signed = (b"DKIM-Signature:" + signature + b"\n" + message).replace(b"\n", b"\r\n")
         results = b" ".join(run(signed, "203.0.113.10").header("Authentication-Results"))
         assert b"dkim=pass" in results, results  # the key fetched through pycares and Redis
-        daemon.process.signal(signal.SIGUSR1)
-        assert listener.wait_for("RELOADING=1") == daemon.process.pid
-        assert listener.wait_for("READY=1") == daemon.process.pid
-        _stop_as_systemd(daemon.process, listener)
-        _check_clean(daemon.process, listener)
+        _reload_then_stop(daemon.process, listener, signal.SIGUSR1)
     finally:
         daemon.stop()
 
@@ -373,11 +375,7 @@ def test_classifierd_in_its_sandbox(notify_socket, redis_server, testbed_dir) ->
                   ("recipient", "bob@example.test")]
         code, text, head, _extra = ask(str(daemon.socket_path), "PROCESS", fields, message)
         assert code == 200 and dict(head).get("result"), (code, text, head)
-        daemon.process.signal(signal.SIGHUP)
-        assert listener.wait_for("RELOADING=1") == daemon.process.pid
-        assert listener.wait_for("READY=1") == daemon.process.pid
-        _stop_as_systemd(daemon.process, listener)
-        _check_clean(daemon.process, listener)
+        _reload_then_stop(daemon.process, listener, signal.SIGHUP)
     finally:
         daemon.stop()
         daemon.remove()
