@@ -1,18 +1,21 @@
-"""postward-filter as Postfix runs it (``python -I -S filter_client.py`` with dspam's
-arguments), in front of a real postward-classifierd, Redis and Dovecot LDA (the guide's
+"""postward-filter as Postfix runs it (``python -I -S /opt/postward/lib/postward-filter.py``
+with dspam's arguments, as the pipe user, installed and byte-compiled as the Debian package
+does), in front of a real postward-classifierd, Redis and Dovecot LDA (the guide's
 UntrustedDeliveryAgent). Every fault of ours must end in exit 75 with nothing delivered, so
 Postfix keeps the message; every success only after the agent delivered."""
 
 from __future__ import annotations
 
+import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from postward.classifier import filter_client
-from tests.classifier.daemon_fixture import ClassifierDaemon
+from tests.classifier.daemon_fixture import PYTHON, ROOT, ClassifierDaemon
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +37,41 @@ def corpus(directory: Path, words: str, count: int = 20) -> Path:
     return directory
 
 
+# The package's install lines for the pipe client: a file of the checkout, its name in
+# /opt/postward/lib. The tests install from these lines, so they run the layout the package has.
+_INSTALL_LINE = re.compile(r"^\s*install -D -m 0644 (daemons/postward/classifier/\S+) "
+                           r"\$\(VENV\)/lib/(\S+)$", re.M)
+LAUNCHER = "postward-filter.py"
+
+
+def install_as_packaged(directory: Path, compile_: bool = True) -> Path:
+    """The pipe client as debian/rules installs it into ``directory`` (root's, world-readable,
+    like /opt/postward/lib) and, with ``compile_``, byte-compiled as postward.postinst does;
+    the launcher's path."""
+    lines = _INSTALL_LINE.findall((ROOT / "debian" / "rules").read_text())
+    assert {name for _src, name in lines} >= {LAUNCHER, "filter_client.py"}, lines
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    directory.chmod(0o755)
+    for source, name in lines:
+        shutil.copyfile(ROOT / source, directory / name)
+        (directory / name).chmod(0o644)
+    postinst = (ROOT / "debian" / "postward.postinst").read_text()
+    assert re.search(r"-m compileall .*/opt/postward/lib\b", postinst), postinst
+    if compile_:
+        subprocess.run([PYTHON, "-m", "compileall", "-q", str(directory)], check=True,
+                       timeout=60)
+    return directory / LAUNCHER
+
+
+def filter_argv(daemon: ClassifierDaemon, *args: str) -> list[str]:
+    """The command of the guide's master.cf line for this daemon: the client installed as
+    packaged in the daemon's own world-readable directory (removed with it)."""
+    launcher = daemon.socket_dir / "lib" / LAUNCHER
+    if not launcher.exists():
+        install_as_packaged(launcher.parent)
+    return [PYTHON, "-I", "-S", str(launcher), f"--socket={daemon.socket_path}", *args]
+
+
 @pytest.fixture
 def world(make_classifierd, make_dovecot, redis_server, testbed_dir):  # type: ignore[no-untyped-def]
     dovecot = make_dovecot(users=[USER])
@@ -47,8 +85,9 @@ def world(make_classifierd, make_dovecot, redis_server, testbed_dir):  # type: i
 
 def run_filter(daemon: ClassifierDaemon, msg: bytes, *args: str, user: str = "mail"
                ) -> subprocess.CompletedProcess[bytes]:
-    argv = daemon.filter_argv(*(args or ("--deliver=innocent,spam", "--user", USER, "-i",
-                                         "-f", "someone@sender.test", "--", USER)))
+    argv = filter_argv(daemon,
+                       *(args or ("--deliver=innocent,spam", "--user", USER, "-i",
+                                  "-f", "someone@sender.test", "--", USER)))
     # As Postfix's pipe(8) runs it: user= and that user's group.
     return subprocess.run(argv, input=msg, capture_output=True, timeout=60, user=user,
                           group=user, extra_groups=[])
@@ -116,7 +155,7 @@ def test_an_unexpected_fault_defers_never_bounces(world) -> None:  # type: ignor
     """A fault nothing else catches (here: stdout, where --stdout writes, is a closed pipe)
     exits 75, which Postfix retries; a traceback's exit 1 would make pipe(8) bounce."""
     daemon, _dovecot = world
-    argv = daemon.filter_argv("--stdout", "--user", USER)
+    argv = filter_argv(daemon, "--stdout", "--user", USER)
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, user="mail", group="mail", extra_groups=[])
     assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
