@@ -16,9 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postward.classifier.mime_text import bytes_to_text, decode_body, header_text, html_to_text
+from postward.classifier.model import PAIR_MARK
 from postward.classifier.tokenizer import TokenizerSettings, registrable_domain, tokenize
 
 NO_HEADERS = TokenizerSettings(headers=())
+_PAIR = re.compile(r"(?:subject:)?[^\W_]+~[1-9][0-9]*~[^\W_]+")
+WINDOW5 = TokenizerSettings(osb_window=5, headers=())
 _WHITESPACE = re.compile(r"\s")
 
 
@@ -60,9 +63,17 @@ def test_osb_exact_on_a_short_sentence() -> None:
     assert _body_words(tokens) == ["a", "b", "c", "a~1~b", "b~1~c", "a~2~c"]
 
 
+def test_default_window_two_gives_adjacent_pairs_only() -> None:
+    # Chosen on the development folds (docs/classifier.md): the pairs at distance 2-4 cost
+    # 2.5x the tokens and, weighted as the model weights pairs, added no accuracy.
+    tokens = tokenize(_msg("one two three four"), NO_HEADERS)
+    assert _body_words(tokens) == ["one", "two", "three", "four",
+                                   "one~1~two", "two~1~three", "three~1~four"]
+
+
 def test_osb_window_five_makes_all_pairs_up_to_distance_four() -> None:
     words = "one two three four five six"
-    tokens = set(_body_words(tokenize(_msg(words), NO_HEADERS)))
+    tokens = set(_body_words(tokenize(_msg(words), WINDOW5)))
     seq = words.split()
     expected = set(seq) | {f"{seq[i]}~{j}~{seq[i + j]}"
                            for j in range(1, 5) for i in range(len(seq) - j)}
@@ -74,11 +85,24 @@ def test_long_texts_are_cut_into_pieces_without_losing_pairs() -> None:
     """Text is split into words 16K characters at a time; the pairs must not notice."""
     seq = [f"w{i}" for i in range(6000)]  # about 40K characters
     text = " ".join(seq[:3000]) + " " + "\n".join(seq[3000:])
-    tokens = _body_words(tokenize(_msg(text), TokenizerSettings(max_tokens=100_000, headers=())))
+    tokens = _body_words(tokenize(_msg(text), TokenizerSettings(max_tokens=100_000, headers=(),
+                                                                osb_window=5)))
     expected = set(seq) | {f"{seq[i]}~{j}~{seq[i + j]}"
                            for j in range(1, 5) for i in range(len(seq) - j)}
     assert set(tokens) == expected
     assert len(tokens) == len(expected)
+
+
+def test_only_osb_pairs_hold_the_pair_mark() -> None:
+    """A "~" written in the mail never makes a token the model would take for a pair."""
+    message = _msg("foo~1~bar ~~ x~y http://a~1~b.example/~user/x~2~y <a href='http://q~r.example'>",
+                   "Subject: aa~1~bb ~ cc~~dd", "From: x~1~y <x~1~y@h~1~x.example>",
+                   "Message-ID: <a~b@c~1~d.example>", "Received: from h~1~x (r~2~y [192.0.2.1])",
+                   "Content-Type: text/plain; charset=x~1~y", "X-Mailer: m~1~n")
+    for window in (1, 2, 5):
+        _check(message, TokenizerSettings(osb_window=window, headers=("*",)))
+    pairs = [t for t in tokenize(message, TokenizerSettings(osb_window=5)) if PAIR_MARK in t]
+    assert "foo~1~bar" in pairs and "subject:aa~1~bb" in pairs
 
 
 def test_window_one_is_unigrams_only() -> None:
@@ -109,7 +133,7 @@ def test_underscores_split_words() -> None:
 
 
 def test_cjk_characters_are_words_of_their_own() -> None:
-    tokens = tokenize(_text("免费发票 ok", "Content-Type: text/plain; charset=utf-8"), NO_HEADERS)
+    tokens = tokenize(_text("免费发票 ok", "Content-Type: text/plain; charset=utf-8"), WINDOW5)
     assert {"免", "费", "发", "票", "免~1~费", "免~2~发", "票~1~ok"} <= set(tokens)
 
 
@@ -282,7 +306,7 @@ def test_registrable_domain(host: str, domain: str) -> None:
 def test_rfc2047_subject_with_osb() -> None:
     # The space between adjacent encoded words is not text (RFC 2047 6.2): it goes inside.
     message = _msg("body", "Subject: =?UTF-8?B?Q2Fmw6kgZGVhbHMg?= =?iso-8859-1?q?gro=DFe?= now")
-    tokens = tokenize(message)
+    tokens = tokenize(message, TokenizerSettings(osb_window=3))
     assert {"subject:café", "subject:deals", "subject:große", "subject:now",
             "subject:café~1~deals", "subject:café~2~große", "subject:deals~2~now"} <= set(tokens)
     joined = tokenize(_msg("b", "Subject: =?utf-8?q?ab?= =?utf-8?q?cd?="))
@@ -614,6 +638,8 @@ def _check(message: bytes, tokenizer: TokenizerSettings) -> None:
         assert isinstance(token, str) and token
         token.encode("utf-8")  # no lone surrogates from 8-bit input: the store hashes UTF-8
         assert not _WHITESPACE.search(token)
+        # The model weights a token as an OSB pair when it holds "~" (model.PAIR_MARK).
+        assert PAIR_MARK not in token or _PAIR.fullmatch(token), token
 
 
 @settings(derandomize=True, max_examples=200, deadline=None)

@@ -6,10 +6,23 @@ Problem", 2003):
 * a token seen ``b`` times in ``nb`` spam messages and ``g`` times in ``ng`` ham messages has
   ``p = (b/nb) / (b/nb + g/ng)``; with little evidence it is pulled towards ``x`` (an unknown
   token's spamminess) by ``f = (s*x + n*p) / (s + n)``, ``n = b + g``;
-* only tokens whose ``f`` stands at least ``min_dev`` from 0.5 are evidence;
-* ``S = 1 - chi2Q(-2 Σ ln(1-f), 2k)`` says how strongly the evidence points to spam,
-  ``H = 1 - chi2Q(-2 Σ ln f, 2k)`` to ham; the verdict is ``I = (1 + S - H) / 2``: near 1 spam,
-  near 0 ham, near 0.5 when the evidence is absent or contradicts itself (the "unsure" band).
+* only tokens whose ``f`` stands at least ``min_dev`` from 0.5 are evidence: all of them, as
+  bogofilter does (``max_evidence`` can cap them at the strongest N, as SpamBayes does);
+* ``S = 1 - chi2Q(-2 Σ w ln(1-f), 2 Σ w)`` says how strongly the evidence points to spam,
+  ``H = 1 - chi2Q(-2 Σ w ln f, 2 Σ w)`` to ham; the verdict is ``I = (1 + S - H) / 2``: near 1
+  spam, near 0 ham, near 0.5 when the evidence is absent or contradicts itself.
+
+The weight ``w`` is 1 for a unigram (and every other token) and ``pair_weight`` for an OSB
+pair (a token with ``~`` in it; the tokenizer puts ``~`` in no other token). Fisher's method
+assumes independent evidence, and a pair is anything but independent of its two words: "click
+here" is spammy mostly because "click" is. Counted in full, the ~2 pairs per word outvote the
+words, and with a few hundred tokens both S and H reach 1 and I sticks at 0.5 (the old default,
+window 5 and every pair at weight 1, scored many spam there). Weighting a pair as a fraction
+of a token scales both its log-probability and its degrees of freedom (bogofilter's "effective
+size factor", per token class), so a pair still tips a message its words leave undecided. The
+weights make the degrees of freedom fractional, hence the regularized incomplete gamma
+function below rather than the integer-only chi-square series; it is also computed without
+underflow, which the series (``exp(-x2/2)`` first) did not do past a few hundred tokens.
 
 Pure functions on counts: the store fetches them, this module decides.
 """
@@ -21,14 +34,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 SPAM, INNOCENT, UNSURE = "spam", "innocent", "unsure"
+PAIR_MARK = "~"  # in an OSB pair ("click~1~here") and in no other token
 
 
 @dataclass(frozen=True)
 class ModelSettings:
-    robs: float = 0.0178        # Robinson's s: the weight of the prior (bogofilter's default)
+    robs: float = 0.005         # Robinson's s: the weight of the prior
     robx: float = 0.52          # Robinson's x: an unseen token's spamminess (bogofilter's)
-    min_dev: float = 0.1        # |f - 0.5| a token needs to count as evidence
-    max_evidence: int = 150     # most significant tokens used (SpamBayes uses 150)
+    min_dev: float = 0.3        # |f - 0.5| a token needs to count as evidence
+    max_evidence: int = 0       # 0: every token past min_dev (bogofilter); N: the N strongest
+    pair_weight: float = 0.1    # an OSB pair's weight in Fisher's sums (a unigram's is 1)
     spam_cutoff: float = 0.95   # I at or above: spam
     ham_cutoff: float = 0.05    # I at or below: innocent; between: unsure (if unsure is on)
     unsure: bool = False        # without an unsure band, everything below spam_cutoff is ham
@@ -66,27 +81,78 @@ def token_probability(spam_hits: int, ham_hits: int, totals: Counts,
     return (s * settings.robx + n * p) / (s + n)
 
 
-def chi2q(x2: float, degrees: int) -> float:
-    """P(chi-square with ``degrees`` (even) degrees of freedom >= x2)."""
-    m = x2 / 2.0
-    term = math.exp(-m)
-    total = term
-    for i in range(1, degrees // 2):
-        term *= m / i
-        total += term
-    return min(total, 1.0)
+_EPS = 1e-15
+_TINY = 1e-300
+_MAX_STEPS = 10_000  # never reached: the series and the fraction converge in O(sqrt(a)) steps
 
 
-def combine(probabilities: Sequence[float]) -> float:
-    """Fisher/Robinson combining of token probabilities into I."""
+def gamma_q(a: float, x: float) -> float:
+    """The regularized upper incomplete gamma function Q(a, x) = Γ(a, x) / Γ(a), a > 0.
+
+    The power series of P = 1 - Q below x = a + 1, Lentz's continued fraction for Q above
+    (Numerical Recipes, 6.2). The common factor ``exp(-x) x^a / Γ(a)`` is taken in logs, so
+    large arguments give a tiny Q or a P close to 1, not an overflow or a 0/0."""
+    if x <= 0.0:
+        return 1.0
+    log_front = a * math.log(x) - x - math.lgamma(a)
+    if x < a + 1.0:
+        term = total = 1.0 / a
+        denominator = a
+        for _ in range(_MAX_STEPS):
+            denominator += 1.0
+            term *= x / denominator
+            total += term
+            if term < total * _EPS:
+                break
+        return min(1.0, max(0.0, 1.0 - total * math.exp(log_front)))
+    b = x + 1.0 - a
+    c = 1.0 / _TINY
+    d = 1.0 / b
+    h = d
+    for i in range(1, _MAX_STEPS):
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        d = d if abs(d) > _TINY else _TINY
+        c = b + an / c
+        c = c if abs(c) > _TINY else _TINY
+        d = 1.0 / d
+        step = d * c
+        h *= step
+        if abs(step - 1.0) < _EPS:
+            break
+    return min(1.0, max(0.0, math.exp(log_front) * h))
+
+
+def chi2q(x2: float, degrees: float) -> float:
+    """P(chi-square with ``degrees`` degrees of freedom >= x2); ``degrees`` may be fractional."""
+    return gamma_q(degrees / 2.0, x2 / 2.0)
+
+
+def combine(probabilities: Sequence[float], weights: Sequence[float] | None = None) -> float:
+    """Fisher/Robinson combining of token probabilities (each with a weight, 1 if none) into I.
+
+    ``I = (1 + S - H) / 2`` is computed as ``(1 + Qh - Qs) / 2`` with ``S = 1 - Qs`` and
+    ``H = 1 - Qh``: the same number, but two tiny tail probabilities keep their difference
+    where ``1 - Q`` would round both to 1."""
     if not probabilities:
         return 0.5
-    k = len(probabilities)
-    ln_spam = sum(math.log(max(1e-200, 1.0 - f)) for f in probabilities)
-    ln_ham = sum(math.log(max(1e-200, f)) for f in probabilities)
-    spamminess = 1.0 - chi2q(-2.0 * ln_spam, 2 * k)
-    hamminess = 1.0 - chi2q(-2.0 * ln_ham, 2 * k)
-    return (1.0 + spamminess - hamminess) / 2.0
+    if weights is None:
+        weights = [1.0] * len(probabilities)
+    dof = 2.0 * sum(weights)
+    if dof <= 0.0:
+        return 0.5
+    ln_spam = sum(w * math.log(max(1e-200, 1.0 - f))
+                  for f, w in zip(probabilities, weights, strict=True))
+    ln_ham = sum(w * math.log(max(1e-200, f)) for f, w in zip(probabilities, weights, strict=True))
+    q_spam = chi2q(-2.0 * ln_spam, dof)
+    q_ham = chi2q(-2.0 * ln_ham, dof)
+    return min(1.0, max(0.0, (1.0 + q_ham - q_spam) / 2.0))
+
+
+def token_weight(token: str, settings: ModelSettings) -> float:
+    """A token's weight in Fisher's sums: ``pair_weight`` for an OSB pair, else 1."""
+    return settings.pair_weight if PAIR_MARK in token else 1.0
 
 
 def classify(tokens: Sequence[str], hits: Sequence[tuple[int, int]], totals: Counts,
@@ -99,8 +165,9 @@ def classify(tokens: Sequence[str], hits: Sequence[tuple[int, int]], totals: Cou
         if deviation >= settings.min_dev and spam_hits + ham_hits > 0:
             scored.append((deviation, token, f))
     scored.sort(key=lambda item: (-item[0], item[1]))
-    evidence = scored[: settings.max_evidence]
-    probability = combine([f for _d, _t, f in evidence])
+    evidence = scored[: settings.max_evidence] if settings.max_evidence > 0 else scored
+    probability = combine([f for _d, _t, f in evidence],
+                          [token_weight(t, settings) for _d, t, _f in evidence])
     if probability >= settings.spam_cutoff:
         result, edge = SPAM, settings.spam_cutoff
     elif settings.unsure and probability > settings.ham_cutoff:

@@ -65,10 +65,10 @@ class ClassifierSettings:
                            "an 'Unsure' verdict between ham_cutoff and spam_cutoff")
     ham_cutoff: float = setting(0.05, number(0.0, 0.5),
                                 "probability at or below: innocent (with unsure = yes)")
-    min_dev: float = setting(0.1, number(0.0, 0.49),
+    min_dev: float = setting(0.3, number(0.0, 0.49),
                              "a token counts as evidence when its probability is this far "
                              "from 0.5")
-    robs: float = setting(0.0178, number(0.0001, 10.0), "Robinson's s (prior strength)")
+    robs: float = setting(0.005, number(0.0001, 10.0), "Robinson's s (prior strength)")
     robx: float = setting(0.52, number(0.0, 1.0), "Robinson's x (an unknown token's "
                                                   "probability)")
     max_message_size: int = setting(10 * 1024 * 1024, v.integer(1024, 1 << 31),
