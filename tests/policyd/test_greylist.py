@@ -17,7 +17,7 @@ import pytest
 
 from postward.core.clock import FakeClock
 from postward.core.metrics import Metrics
-from postward.core.redis_store import RedisStore, StoreUnavailable
+from postward.core.redis_store import RedisStore, StoreUnavailable, client_from_settings
 from postward.core.settings import RedisSettings
 from postward.policyd.greylist import TTL_MARGIN, Greylister, GreylistResult, Outcome, postgrey_date
 from postward.policyd.greylist_lists import GreylistLists
@@ -55,10 +55,13 @@ class Bed:
         self.stores: list[RedisStore] = []
 
     def host(self, settings: GreylistSettings = SETTINGS, lists: GreylistLists | None = None,
-             metrics: Metrics | None = None) -> Greylister:
+             metrics: Metrics | None = None, redis_py_only: bool = False) -> Greylister:
+        """A greylister; ``redis_py_only``: with a store that has no fast client (as with
+        TLS or Sentinel), so the script runs through redis-py."""
         metrics = metrics or Metrics("policyd")
-        store = RedisStore.from_settings(replace(FAST, url=self.redis_server.url,
-                                                 key_prefix="pwtest:"), metrics)
+        redis = replace(FAST, url=self.redis_server.url, key_prefix="pwtest:")
+        store = RedisStore(client_from_settings(redis), redis.key_prefix, metrics) \
+            if redis_py_only else RedisStore.from_settings(redis, metrics)
         self.stores.append(store)
         return Greylister(store, settings, lists or GreylistLists(), self.clock, metrics)
 
@@ -123,6 +126,24 @@ async def test_new_early_passed_known(bed: Bed) -> None:
         expect(await g.check(request()), Outcome.KNOWN, "DUNNO")
     bed.clock.advance(35 * DAY + 1)  # unseen for longer than max_age: as if never seen
     expect(await g.check(request()), Outcome.NEW, DEFER)
+
+
+@on_bed
+async def test_the_fast_client_and_redis_py_share_one_triplet(bed: Bed) -> None:
+    # The fast client runs the script by SHA; Redis forgetting it (restart, SCRIPT FLUSH)
+    # costs one reload, never an answer.
+    fast, slow = bed.host(), bed.host(redis_py_only=True)
+    assert fast.store.fast is not None and slow.store.fast is None
+    expect(await fast.check(request()), Outcome.NEW, DEFER)
+    await slow.store.client.script_flush()
+    bed.clock.advance(100)
+    r = await slow.check(request())
+    expect(r, Outcome.EARLY_RETRY, DEFER)
+    assert r.reason == "early-retry (200s missing)"
+    await slow.store.client.script_flush()
+    bed.clock.advance(200)
+    expect(await fast.check(request()), Outcome.PASSED, HEADER)
+    expect(await slow.check(request()), Outcome.KNOWN, "DUNNO")
 
 
 @on_bed

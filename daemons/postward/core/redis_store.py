@@ -19,7 +19,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from postward.core.logs import get_log
-from postward.core.metrics import Metrics
+from postward.core.metrics import Labelled, Metrics
+from postward.core.resp import RespClient, fast_client_for
 from postward.core.settings import RedisSettings
 
 T = TypeVar("T")
@@ -74,17 +75,22 @@ def client_from_settings(s: RedisSettings) -> aioredis.Redis:
 
 
 class RedisStore:
-    def __init__(self, client: aioredis.Redis, prefix: str, metrics: Metrics) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, metrics: Metrics,
+                 fast: RespClient | None = None) -> None:
         self.client = client
         self.prefix = prefix
+        # The same Redis through postward.core.resp, for hot paths; None where the settings
+        # need redis-py (TLS, Sentinel). Callers pass ``lambda _: store.fast...`` to run().
+        self.fast = fast
         self._errors = metrics.counter(
             "redis_errors_total", "Redis commands that failed, by operation and error",
             ["op", "error"])
-        self._ops = metrics.counter("redis_operations_total", "Redis operations run", ["op"])
+        self._ops = Labelled(metrics.counter("redis_operations_total", "Redis operations run",
+                                             ["op"]))
 
     @classmethod
     def from_settings(cls, s: RedisSettings, metrics: Metrics) -> RedisStore:
-        return cls(client_from_settings(s), s.key_prefix, metrics)
+        return cls(client_from_settings(s), s.key_prefix, metrics, fast_client_for(s))
 
     def key(self, *parts: str) -> str:
         """``prefix`` + parts joined by ':' — every key postward writes is made here."""
@@ -92,7 +98,7 @@ class RedisStore:
 
     async def run(self, op: str, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         """Run ``fn(client)``; any Redis failure becomes StoreUnavailable, counted under ``op``."""
-        self._ops.labels(op).inc()
+        self._ops(op).inc()
         try:
             return await fn(self.client)
         except (RedisError, OSError, TimeoutError) as e:
@@ -108,4 +114,6 @@ class RedisStore:
             return False
 
     async def close(self) -> None:
+        if self.fast is not None:
+            await self.fast.close()
         await self.client.aclose()

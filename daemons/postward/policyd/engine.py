@@ -27,7 +27,7 @@ from postward.policyd.dnsbl import (
 )
 from postward.policyd.lists import LiveLists
 from postward.policyd.request import with_derived_items
-from postward.policyd.request_cache import RequestCache, cache_key
+from postward.policyd.request_cache import Key, RequestCache, cache_key
 from postward.policyd.ruleset import COMMAND, DNSBL_KEYS, LIVE_LIST, Cond, Rule, Ruleset, deneg
 from postward.policyd.substitute import devar, escape_for_regex
 
@@ -86,14 +86,25 @@ class Engine:
         self.request_cache = request_cache
         self.dns_budget = dns_budget
 
-    async def decide(self, attrs: Mapping[str, str]) -> Decision:
+    def cached(self, attrs: Mapping[str, str]) -> tuple[Key | None, Decision | None]:
+        """The request cache's decision for ``attrs`` if it has one, without waiting; and the
+        request's cache key (None without a cache), for :meth:`decide`."""
+        if self.request_cache is None:
+            return None, None
+        key = cache_key(attrs)
+        return key, self.request_cache.get(key, self.clock.time())
+
+    async def decide(self, attrs: Mapping[str, str], key: Key | None = None) -> Decision:
+        """The decision for ``attrs``; ``key``: its cache key when :meth:`cached` has just
+        found no decision for it."""
         if self.request_cache is None:
             return await self._decide(attrs)
-        key = cache_key(attrs)
         now = self.clock.time()
-        cached = self.request_cache.get(key, now)
-        if cached is not None:
-            return cached  # type: ignore[no-any-return]
+        if key is None:
+            key = cache_key(attrs)
+            cached = self.request_cache.get(key, now)
+            if cached is not None:
+                return cached  # type: ignore[no-any-return]
         decision = await self._decide(attrs)
         if decision.cacheable:
             self.request_cache.put(key, decision, now)

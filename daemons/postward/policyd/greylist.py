@@ -28,6 +28,7 @@ from postward.core.clock import Clock
 from postward.core.logs import get_log
 from postward.core.metrics import Metrics
 from postward.core.redis_store import RedisStore
+from postward.core.resp import Script
 from postward.policyd.greylist_lists import GreylistLists, ascii_lower
 from postward.policyd.greylist_settings import GreylistSettings
 
@@ -181,7 +182,8 @@ class Greylister:
         self.settings = settings
         self.lists = lists
         self._hostname = settings.hostname or socket.gethostname()
-        self._script = store.client.register_script(_SCRIPT)
+        self._script = store.client.register_script(_SCRIPT)  # where store.fast is None
+        self._fast_script = Script(_SCRIPT)
         self._instances: OrderedDict[str, None] = OrderedDict()
         self._outcomes = metrics.counter("greylist_outcomes_total",
                                          "greylisting decisions, by outcome", ["outcome"])
@@ -229,10 +231,16 @@ class Greylister:
             "utf-8", "surrogateescape")).hexdigest()[:32]
         keys = [self.store.key("grey", "triplet", digest),
                 self.store.key("grey", "client", str(address))]
-        args = [now, s.delay, s.retry_window, s.max_age, s.auto_whitelist_clients, TTL_MARGIN,
-                AWL_INTERVAL]
-        status, first, listed = await self.store.run(
-            "greylist", lambda c: self._script(keys=keys, args=args, client=c))
+        # Plain ints: Seconds prints as "5m", and the fast client packs only exact types.
+        args = [now, int(s.delay), int(s.retry_window), int(s.max_age),
+                int(s.auto_whitelist_clients), TTL_MARGIN, AWL_INTERVAL]
+        fast = self.store.fast
+        if fast is not None:
+            status, first, listed = await self.store.run(
+                "greylist", lambda _: fast.evalsha(self._fast_script, keys, args))
+        else:
+            status, first, listed = await self.store.run(
+                "greylist", lambda c: self._script(keys=keys, args=args, client=c))
         if listed:
             log.info("greylist_client_auto_whitelisted", client_name=request["client_name"],
                      client_address=str(address), passes=s.auto_whitelist_clients)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from itertools import repeat
 
 VERSION_ITEM = "postfwd 1.35"  # what rules testing 'version' expect (see docs/policyd.md)
 _ADDRESS = re.compile(r"(.*)@([^@]*)$")
@@ -24,6 +25,52 @@ def parse_attribute_bytes(line: bytes) -> tuple[str, str] | None:
         return None
     return (line[:eq].decode("utf-8", "surrogateescape"),
             line[eq + 1:eq + 1 + _MAX_VALUE].decode("utf-8", "surrogateescape"))
+
+
+def parse_request(block: bytes) -> tuple[dict[str, str], list[bytes]]:
+    """A request's lines (without its final empty line) as attributes, as
+    :func:`parse_attribute_bytes` reads each; and the lines that are not ``name=value``.
+    Empty lines are skipped; a later attribute of the same name wins."""
+    attrs: dict[str, str] = {}
+    garbage: list[bytes] = []
+    if block.isascii():
+        # Every Postfix request in practice: one decode for the whole request, and bytes
+        # counted as characters. First all lines at once, in C; checked after.
+        lines = block.decode("ascii").split("\n")
+        try:
+            attrs = dict(map(str.split, lines, repeat("="), repeat(1)))
+        except ValueError:  # a line without '=', or an empty one: line by line below
+            attrs = {}
+        else:
+            if attrs and "" not in attrs and max(map(len, attrs)) <= _MAX_NAME \
+                    and max(map(len, attrs.values())) <= _MAX_VALUE:
+                return attrs, garbage
+            attrs = {}
+        for line in lines:
+            if not line:
+                continue
+            name, eq, value = line.partition("=")
+            if eq and len(name) <= _MAX_NAME and name:
+                attrs[name] = value[:_MAX_VALUE]
+            else:
+                garbage.append(line.encode("ascii"))
+        return attrs, garbage
+    return parse_request_lines(block)
+
+
+def parse_request_lines(block: bytes) -> tuple[dict[str, str], list[bytes]]:
+    """:func:`parse_request` the plain way: each line by :func:`parse_attribute_bytes`."""
+    attrs: dict[str, str] = {}
+    garbage: list[bytes] = []
+    for raw in block.split(b"\n"):
+        if not raw:
+            continue
+        pair = parse_attribute_bytes(raw)
+        if pair is None:
+            garbage.append(raw)
+        else:
+            attrs[pair[0]] = pair[1]
+    return attrs, garbage
 
 
 def with_derived_items(attrs: dict[str, str]) -> dict[str, str]:
