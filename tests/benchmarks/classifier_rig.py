@@ -37,6 +37,9 @@ from tests.testbed.process import ManagedProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 FILTER = ROOT / "daemons" / "postward" / "classifier" / "filter_client.py"
+# What master.cf runs (installed as /opt/postward/lib/postward-filter.py): imports FILTER from
+# its cached bytecode instead of compiling it at every start.
+LAUNCHER = ROOT / "daemons" / "postward" / "classifier" / "filter_launcher.py"
 CACHE = Path(os.environ.get("POSTWARD_BENCH_CACHE", "~/.cache/postward-bench")).expanduser()
 
 # --------------------------------------------------------------------------------------------
@@ -471,7 +474,12 @@ class PostwardDaemon:
         return self.process.pid
 
     def filter_argv(self, *args: str) -> list[str]:
-        """The pipe client exactly as Postfix would run it."""
+        """The pipe client exactly as Postfix would run it (the launcher; see old_filter_argv)."""
+        return [str(Path(sys.executable).absolute()), "-I", "-S", str(LAUNCHER),
+                f"--socket={self.socket_path}", *args]
+
+    def old_filter_argv(self, *args: str) -> list[str]:
+        """The client run as a script, as before the launcher: compiled at every start."""
         return [str(Path(sys.executable).absolute()), "-I", "-S", str(FILTER),
                 f"--socket={self.socket_path}", *args]
 
