@@ -245,9 +245,9 @@ async def postward_acceptance(variant: Variant, config_path: Path, train: Sequen
         results.test.train_seconds[variant.name] = time.perf_counter() - t0
         keys1, mem1 = redis_keys(redis.host, redis.port), redis_used_memory(redis.host,
                                                                             redis.port)
-        tokens = int(redis_command(redis.host, redis.port, "HLEN",
-                                   f"{config.redis.key_prefix}cls:tok:global")
-                     .split(b"\r\n")[0][1:])
+        tokens = int(redis_command(redis.host, redis.port, "HGET",
+                                   f"{config.redis.key_prefix}cls:m:global", "n")
+                     .split(b"\r\n")[1])
         t0 = time.perf_counter()
         ham_v = await classify_all(classifier, ham)
         spam_v = await classify_all(classifier, spam)
@@ -257,7 +257,8 @@ async def postward_acceptance(variant: Variant, config_path: Path, train: Sequen
                                                    config.classifier.spam_cutoff))
         results.memory.append(Memory(
             variant.name, len(train), 0, keys1 - keys0, mem1 - mem0, len(ham) + len(spam),
-            mem2 - mem1, f"{tokens:,} token fields in one hash + 2 totals"))
+            mem2 - mem1,
+            f"{tokens:,} token fields in {keys1 - keys0 - 1:,} bucket hashes + 1 header"))
     finally:
         await runtime.aclose()
 

@@ -67,7 +67,7 @@ def _send(postfix, subject: str, words: str) -> None:  # type: ignore[no-untyped
 
 def _totals(redis_url: str) -> tuple[int, int]:
     client = redis.Redis.from_url(redis_url)
-    spam, ham = client.hmget(f"postward:cls:tot:user:{USER}", ["spam", "ham"])
+    spam, ham = client.hmget(f"postward:cls:m:user:{USER}", ["spam", "ham"])
     return int(spam or 0), int(ham or 0)
 
 

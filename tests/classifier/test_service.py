@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
+from pathlib import Path
 
 import pytest
 
+from postward.classifier.filter_client import PROTOCOL
 from postward.classifier.handler import Handler, signature_in
 from postward.classifier.metrics import ClassifierMetrics
 from postward.classifier.service import Classifier
@@ -140,3 +143,69 @@ def test_signature_found_in_lf_and_crlf_messages() -> None:
     assert signature_in(b"X-DSPAM-Signature: 0abc12\nSubject: x\n\nbody") == "0abc12"
     assert signature_in(b"Subject: x\r\nX-DSPAM-Signature: ff00\r\n\r\nbody") == "ff00"
     assert signature_in(b"Subject: x\n\nX-DSPAM-Signature: ff00\n") is None
+
+
+def test_global_training_learns_and_corrects_both_models_in_one_pass(redis_server) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        c, store = await _classifier(redis_server.url, global_training=True)
+        try:
+            await _train(c, "")
+            done = await c.classify(NEW_HAM, "gus", mode="teft")
+            assert done.learnt and done.verdict.result == "innocent"
+            assert (await c.store.totals("user:gus")).ham == 1
+            assert (await c.store.totals("global")).ham == len(HAMS) + 1
+            fixed = await c.retrain("gus", "spam", "error", done.signature, None)
+            assert fixed.changed
+            for model, spam, ham in (("user:gus", 1, 0), ("global", len(SPAMS) + 1, len(HAMS))):
+                totals = await c.store.totals(model)
+                assert (totals.spam, totals.ham) == (spam, ham), model
+            _tokens, digests = c.tokens(NEW_HAM)
+            found = await c.store.lookup("user:gus", digests)
+            user_only = await c.store.lookup("user:nobody", digests)
+            # gus's own counts: every token of the message once as spam, never as ham.
+            assert {(s - gs, h - gh) for (s, h), (gs, gh)
+                    in zip(found.hits, user_only.hits, strict=True)} == {(1, 0)}
+        finally:
+            await store.close()
+    run(main())
+
+
+def _request(socket_path: str, op: str, message: bytes, **fields: str) -> tuple[int, str]:
+    head = "".join(f"{name}: {value}\n" for name, value in fields.items())
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(20)
+        s.connect(socket_path)
+        s.sendall(f"{PROTOCOL} {op}\n{head}length: {len(message)}\n\n".encode() + message)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    return int(reply.split(b" ", 2)[1]), reply.decode(errors="replace")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def test_workers_share_the_socket_and_the_models(make_classifierd, redis_server) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_classifierd(redis_url=redis_server.url, delivery_agent="/bin/true",
+                              extra="workers = 2\n")
+    workers = _children(daemon.process.pid)
+    assert len(workers) == 2
+    path = str(daemon.socket_path)
+    assert oct(daemon.socket_path.stat().st_mode & 0o777) == "0o666"   # socket_mode
+    # Connections go to either worker; what one learns, both read (the models are in Redis).
+    for spam, ham in zip(SPAMS, HAMS, strict=True):
+        assert _request(path, "RETRAIN", spam, user="", **{"class": "spam"},
+                        source="corpus")[0] == 200
+        assert _request(path, "RETRAIN", ham, user="", **{"class": "innocent"},
+                        source="corpus")[0] == 200
+    for i in range(8):
+        code, text = _request(path, "CLASSIFY", NEW_SPAM if i % 2 else NEW_HAM, user="hal")
+        assert code == 200, text
+        assert f"result: {'spam' if i % 2 else 'innocent'}" in text, text
+    assert daemon.stop() == 0
+    assert not daemon.socket_path.exists()   # the supervisor removed its socket
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)

@@ -182,7 +182,7 @@ def test_spam_goes_to_spam_and_moving_it_out_over_imap_retrains(system: System) 
     c = system.container
 
     def totals() -> tuple[int, int]:
-        out = c.run(["redis-cli", "--raw", "HMGET", f"postward:cls:tot:user:{BOB}",
+        out = c.run(["redis-cli", "--raw", "HMGET", f"postward:cls:m:user:{BOB}",
                      "spam", "ham"]).stdout.split()
         return int(out[0] or 0), int(out[1] or 0)
 

@@ -5,6 +5,10 @@ A request is bounded: its header (64 KB), its message (``max_message_size``) and
 (``request_timeout``); a client that breaks the protocol is logged and disconnected, and the
 daemon goes on. SIGHUP reloads postward.conf (a config with errors is logged, the running one
 kept); SIGTERM closes the socket and finishes the requests in flight.
+
+With ``workers`` above 1, policyd's pre-fork supervisor (``postward.policyd.workers``) binds
+the socket and runs that many copies of the daemon accepting on it, so the CPU-bound part of
+classifying (tokenizing, hashing, the model) uses every core; the models are in Redis.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from pathlib import Path
 
 from postward.classifier.filter_client import PROTOCOL
@@ -22,6 +27,7 @@ from postward.classifier.store import TokenStore
 from postward.core.logs import get_log
 from postward.core.runtime import Runtime, load_config_or_exit
 from postward.core.service import InFlight, serve
+from postward.policyd.workers import bind_listeners, supervise
 from postward.schema import Config, load_config
 
 log = get_log("classifierd")
@@ -89,12 +95,15 @@ def encode_reply(reply: Reply) -> bytes:
 
 
 class ClassifierDaemon:
-    def __init__(self, config: Config, runtime: Runtime) -> None:
+    def __init__(self, config: Config, runtime: Runtime,
+                 listener: socket.socket | None = None) -> None:
         self.config = config
         self.runtime = runtime
         self.metrics = ClassifierMetrics(runtime.metrics)
         self.handler = build_handler(config, runtime, self.metrics)
         self.inflight = InFlight()
+        # A worker gets the socket its supervisor bound (and unlinks); None: bind our own.
+        self.listener = listener
         self._server: asyncio.AbstractServer | None = None
 
     @property
@@ -103,9 +112,12 @@ class ClassifierDaemon:
 
     async def start(self) -> None:
         path = self.socket_path
-        if len(os.fsencode(path)) > 107:
-            raise SystemExit(f"postward-classifierd: [classifier] socket {path}: longer than "
-                             f"the 107 bytes a unix socket path may have")
+        if self.listener is not None:
+            self._server = await asyncio.start_unix_server(self._serve, sock=self.listener,
+                                                           limit=MAX_HEAD)
+            log.info("listening", socket=str(path), pid=os.getpid())
+            return
+        check_socket_path(path)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         self._server = await asyncio.start_unix_server(self._serve, path=str(path),
@@ -150,8 +162,9 @@ class ClassifierDaemon:
     async def close_listeners(self) -> None:
         if self._server is not None:
             self._server.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.socket_path.unlink()
+            if self.listener is None:  # a worker's socket is its supervisor's to remove
+                with contextlib.suppress(FileNotFoundError):
+                    self.socket_path.unlink()
 
     async def reload(self, config: Config) -> None:
         self.config = config
@@ -161,12 +174,36 @@ class ClassifierDaemon:
         await self.runtime.aclose()
 
 
+def check_socket_path(path: Path) -> None:
+    if len(os.fsencode(path)) > 107:
+        raise SystemExit(f"postward-classifierd: [classifier] socket {path}: longer than "
+                         f"the 107 bytes a unix socket path may have")
+
+
 def run_daemon(config_path: Path) -> int:
     config = load_config_or_exit(config_path)
 
-    async def main() -> int:
-        runtime = Runtime.create(config, "classifierd")
-        daemon = ClassifierDaemon(config, runtime)
-        return await serve(daemon, daemon.inflight, lambda: load_config(config_path))
+    def run_worker(listener: socket.socket | None, serve_metrics: bool = True) -> int:
+        async def main() -> int:
+            runtime = Runtime.create(config, "classifierd", serve_metrics=serve_metrics)
+            daemon = ClassifierDaemon(config, runtime, listener)
+            return await serve(daemon, daemon.inflight, lambda: load_config(config_path))
 
-    return asyncio.run(main())
+        return asyncio.run(main())
+
+    c, m = config.classifier, config.metrics
+    if c.workers <= 1:
+        return run_worker(None)
+    path = Path(c.socket)
+    check_socket_path(path)
+    listeners = bind_listeners((f"unix:{path}",))
+    os.chmod(path, int(c.socket_mode, 8))
+    try:
+        return supervise(c.workers, listeners,
+                         lambda socks: run_worker(socks[0], serve_metrics=False),
+                         lambda: load_config(config_path),
+                         m.classifierd if m.enabled else None, config.logging.level,
+                         daemon="classifierd")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

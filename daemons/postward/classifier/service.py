@@ -10,12 +10,13 @@ were kept in Redis under it when it was classified.
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import time
 from dataclasses import dataclass
 
 from postward.classifier.model import INNOCENT, SPAM, UNSURE, ModelSettings, Verdict, classify
 from postward.classifier.settings import ClassifierSettings
-from postward.classifier.store import GLOBAL, SignatureRecord, TokenStore, digest, user_model
+from postward.classifier.store import DIGEST_BYTES, GLOBAL, SignatureRecord, TokenStore, user_model
 from postward.classifier.tokenizer import TokenizerSettings, tokenize
 from postward.core.clock import Clock
 
@@ -44,9 +45,14 @@ def model_settings(s: ClassifierSettings) -> ModelSettings:
 
 def _digests(tokens: list[str]) -> tuple[list[str], list[bytes]]:
     """Tokens with distinct digests (a collision would count one token twice)."""
-    seen: dict[bytes, str] = {}
-    for token in tokens:
-        seen.setdefault(digest(token), token)
+    # One BLAKE2b object per token is most of the cost; a plain comprehension with the
+    # constructor bound locally keeps the rest (~0.7 us per token) near that floor.
+    blake2b, size = hashlib.blake2b, DIGEST_BYTES
+    digests = [blake2b(t.encode("utf-8", "surrogatepass"), digest_size=size).digest()
+               for t in tokens]
+    seen = dict(zip(digests, tokens, strict=True))
+    if len(seen) == len(tokens):
+        return list(tokens), digests
     return list(seen.values()), list(seen.keys())
 
 
@@ -73,17 +79,25 @@ class Classifier:
         filed_as = SPAM if verdict.result == SPAM else INNOCENT
         should_learn = learn and verdict.result != UNSURE and (
             mode == "teft" or (mode == "tum" and found.user_totals.ham < TUM_MATURE_INNOCENT))
+        record = SignatureRecord(model, filed_as, should_learn, tuple(digests))
         if should_learn:
-            await self._learn(model, digests, filed_as, +1)
-        signature = await self.store.save_signature(
-            SignatureRecord(model, filed_as, should_learn, tuple(digests)))
+            # Learnt and signed in one script call: one round trip, and never one without
+            # the other.
+            spam, ham = _deltas(filed_as, +1)
+            signature = await self.store.learn_and_sign(model, digests, spam, ham,
+                                                        self._also_global(model), record)
+        else:
+            signature = await self.store.save_signature(record)
         return Classified(verdict, signature, should_learn, self.headers(verdict, signature))
 
-    async def _learn(self, model: str, digests: list[bytes], label: str, delta: int) -> None:
-        spam, ham = (delta, 0) if label == SPAM else (0, delta)
-        await self.store.train(model, digests, spam, ham)
-        if self.settings.global_training and model != GLOBAL:
-            await self.store.train(GLOBAL, digests, spam, ham)
+    def _also_global(self, model: str) -> bool:
+        return self.settings.global_training and model != GLOBAL
+
+    async def _learn(self, model: str, digests: list[bytes], spam: int, ham: int) -> None:
+        if self._also_global(model):
+            await self.store.train(model, digests, spam, ham, also_global=True)
+        else:
+            await self.store.train(model, digests, spam, ham)
 
     async def retrain(self, user: str, label: str, source: str, signature: str | None,
                       message: bytes | None, mode: str | None = None) -> Retrained:
@@ -104,16 +118,19 @@ class Classifier:
         _tokens, digests = self.tokens(message)
         # Inoculation is dspam's "this is certainly spam": learnt with more weight.
         for _ in range(5 if source == "inoculation" else 1):
-            await self._learn(model, digests, label, +1)
+            await self._learn(model, digests, *_deltas(label, +1))
         return Retrained(True, f"learnt as {label} from the message ({source})")
 
     async def _correct(self, sig_id: str, record: SignatureRecord, label: str) -> Retrained:
         if record.filed_as == label and record.learnt:
             return Retrained(False, f"already learnt as {label}")
-        digests = list(record.digests)
+        # Un-learning the old class and learning the new one touch different classes, so one
+        # pass over the tokens (one class -1, floored at 0; the other +1) is what two gave.
+        spam, ham = _deltas(label, +1)
         if record.learnt:
-            await self._learn(record.model, digests, record.filed_as, -1)
-        await self._learn(record.model, digests, label, +1)
+            old_spam, old_ham = _deltas(record.filed_as, -1)
+            spam, ham = spam + old_spam, ham + old_ham
+        await self._learn(record.model, list(record.digests), spam, ham)
         await self.store.update_signature(sig_id, SignatureRecord(record.model, label, True,
                                                                   record.digests))
         return Retrained(True, f"relearnt from {record.filed_as} to {label}")
@@ -131,6 +148,10 @@ class Classifier:
             ("X-DSPAM-Factors", f"{len(verdict.factors)}" + (f",\n\t{factors}" if factors
                                                              else "")),
         ]
+
+
+def _deltas(label: str, delta: int) -> tuple[int, int]:
+    return (delta, 0) if label == SPAM else (0, delta)
 
 
 def _printable(token: str) -> str:

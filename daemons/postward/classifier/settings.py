@@ -81,3 +81,6 @@ class ClassifierSettings:
                                      "longest the daemon works on one request")
     global_training: bool = setting(False, v.boolean,
                                     "also train the global model on every user's mail")
+    workers: int = setting(1, v.integer(1, 64),
+                           "processes answering on the same socket (one per core for a busy "
+                           "MX: the models are in Redis, workers share nothing)")

@@ -61,10 +61,12 @@ def supervise(
     check_config: Callable[[], object],
     metrics_address: HostPort | None,
     log_level: str,
+    daemon: str = "policyd",
 ) -> int:
-    """Run ``workers`` copies of ``run_worker(listeners)``; returns when told to stop."""
-    configure_logging("policyd", log_level)
-    metrics_dir = tempfile.mkdtemp(prefix="postward-policyd-metrics-")
+    """Run ``workers`` copies of ``run_worker(listeners)``; returns when told to stop.
+    ``daemon`` names the supervisor in its log lines and metrics directory."""
+    configure_logging(daemon, log_level)
+    metrics_dir = tempfile.mkdtemp(prefix=f"postward-{daemon}-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     children: dict[int, int] = {}  # pid -> worker number
