@@ -80,6 +80,8 @@ test asserts a time); each section says how its numbers were made and by which c
 
 LISTED_BLOCK = ipaddress.IPv4Address("10.0.0.0")  # even offsets listed on dnsbl-a, -b and -c
 LISTED_LISTS = ("dnsbl-a.test", "dnsbl-b.test", "dnsbl-c.test")
+# The rbl= zones of tests/policyd/rules/guide_testbed.cf: what a new client is looked up in.
+GUIDE_RBL_ZONES = (*LISTED_LISTS, "allow.test")
 REPEATED_CLIENTS = 8
 RESERVED = 2 * REPEATED_CLIENTS  # the first addresses of the block: the repeated clients
 
@@ -271,6 +273,16 @@ class Bed:
             "do-nothing asyncio server",
             [sys.executable, "-m", "tests.benchmarks.loadgen", "serve-dunno", self.address,
              str(port)], self.subdir("limit") / "limit.log", cwd=ROOT)
+        return self.managed(process, self.address, port)
+
+    def start_dns_limit(self) -> Target:
+        assert self.dns is not None
+        port = free_port(self.address)
+        process = ManagedProcess(
+            "DNS lookups alone (c-ares, no cache)",
+            [sys.executable, "-m", "tests.benchmarks.loadgen", "serve-dns", self.address,
+             str(port), f"{self.dns.address}:{self.dns.port}", *GUIDE_RBL_ZONES],
+            self.subdir("dnslimit") / "dnslimit.log", cwd=ROOT)
         return self.managed(process, self.address, port)
 
     def start_postgrey(self) -> Target:
@@ -624,7 +636,8 @@ touched):
   generator."""
 
 
-def build_scenarios(streams: Streams, limit: Target, postward_guide: Sequence[Target],
+def build_scenarios(streams: Streams, limit: Target, dns_limit: Target,
+                    postward_guide: Sequence[Target],
                     postward_grey: Sequence[Target], postfwd: Target,
                     postgrey: Target) -> list[Scenario]:
     def peer(t: Target) -> Target:
@@ -655,6 +668,13 @@ def build_scenarios(streams: Streams, limit: Target, postward_guide: Sequence[Ta
                  "DEFER_IF_PERMIT. postward: one rule `action=greylist()` (state in Redis); "
                  "postgrey 1.37 asked directly (state in BerkeleyDB).",
                  (*postward_grey, peer(postgrey)), streams.fresh_triplets, DISTINCT_SHARE),
+        Scenario("dnslimit", "The DNS limit for distinct clients: the lookups alone",
+                 "Stream (c) against an asyncio server that only makes the lookups the guide's "
+                 "rules make for a new client, through postward's own c-ares transport with "
+                 "no cache (an A query per DNSBL zone at once, then TXT for the zones that "
+                 "list it), and answers 554 or DUNNO from them: what unbound and rbldnsd cost "
+                 "on this machine, the least stream (c) can take.",
+                 (dns_limit,), streams.distinct_clients, DISTINCT_SHARE),
         Scenario("limit", "The physical limit: a do-nothing asyncio server",
                  "The same generator against an asyncio server that answers DUNNO without "
                  "looking at the request.",
@@ -664,7 +684,7 @@ def build_scenarios(streams: Streams, limit: Target, postward_guide: Sequence[Ta
 
 def pool_size(plan: Plan, postward_variants: int) -> int:
     per_run = plan.requests + plan.warmup * max(plan.connections)
-    runs = plan.repeats * len(plan.connections) * (postward_variants + 1)
+    runs = plan.repeats * len(plan.connections) * (postward_variants + 2)  # + postfwd, DNS limit
     return RESERVED + runs * per_run + 1000  # + sanity checks
 
 
@@ -681,7 +701,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="write docs/benchmarks.md even with --quick")
     parser.add_argument("--no-docs", action="store_true", help="never write docs/benchmarks.md")
     parser.add_argument("--only", default="",
-                        help="comma-separated scenarios: repeated,clean,distinct,greylist,limit")
+                        help="comma-separated scenarios: repeated,clean,distinct,greylist,"
+                             "dnslimit,limit")
     parser.add_argument("--connections", default="", help="e.g. 1,32 (default 1,4,32)")
     parser.add_argument("--keep", action="store_true", help="keep the logs and data directory")
     args = parser.parse_args(argv)
@@ -716,10 +737,11 @@ def benchmark(directory: Path, plan: Plan, workers: Sequence[int], only: str) ->
         guide = [bed.start_postward(f"postward-guide-{w}", rules_postward, w) for w in workers]
         grey = [bed.start_postward(f"postward-grey-{w}", rules_grey, w) for w in workers]
         limit = bed.start_limit()
-        for t in (limit, postgrey, postfwd, *guide, *grey):
+        dns_limit = bed.start_dns_limit()
+        for t in (limit, dns_limit, postgrey, postfwd, *guide, *grey):
             print(f"  {t.label:32} {t.host}:{t.port} pid {t.pid}", flush=True)
         streams = Streams(AddressPool(size), plan.warmup)
-        scenarios = build_scenarios(streams, limit, guide, grey, postfwd, postgrey)
+        scenarios = build_scenarios(streams, limit, dns_limit, guide, grey, postfwd, postgrey)
         if only:
             scenarios = [s for s in scenarios if s.key in only.split(",")]
         sanity(scenarios, [*guide, postfwd])

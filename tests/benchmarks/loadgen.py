@@ -18,6 +18,12 @@ ever connects where it is told (the benchmark gives it private loopback addresse
 ``python -m tests.benchmarks.loadgen serve-dunno HOST PORT`` runs the "physical limit" server:
 an asyncio policy server that answers ``DUNNO`` to every request without looking at it, with
 the same asyncio streams postward-policyd uses.
+
+``python -m tests.benchmarks.loadgen serve-dns HOST PORT NAMESERVER ZONE...`` is the DNS limit
+for a client seen for the first time: per request it makes only the lookups the guide's rules
+make for such a client (an A query per DNSBL zone at once, then TXT for the zones that list it)
+through postward's own c-ares transport, no cache, and answers ``554`` when three or more list
+the client, else ``DUNNO``. What it costs is what unbound and rbldnsd cost on this machine.
 """
 
 from __future__ import annotations
@@ -202,15 +208,57 @@ async def serve_dunno(host: str, port: int) -> None:
         await server.serve_forever()
 
 
+# --------------------------------------------------------------------------------------------
+# The DNS-only policy server ("DNS limit")
+
+
+async def serve_dns(host: str, port: int, nameserver: str, zones: Sequence[str]) -> None:
+    from postward.core.dns import NOERROR, CaresTransport
+
+    transport = CaresTransport([nameserver], 2.0, 1)
+
+    async def answer(request: bytes) -> bytes:
+        address = ""
+        for line in request.split(b"\n"):
+            if line.startswith(b"client_address="):
+                address = line[15:].decode()
+        reverse = ".".join(reversed(address.split(".")))
+        names = [f"{reverse}.{zone}" for zone in zones]
+        answers = await transport.query_many([(n, "A") for n in names])
+        listed = [n for n, a in zip(names, answers, strict=True) if a.rcode == NOERROR]
+        if listed:
+            await transport.query_many([(n, "TXT") for n in listed])
+        return b"action=554 listed\n\n" if len(listed) >= 3 else b"action=DUNNO\n\n"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                writer.write(await answer(await reader.readuntil(ANSWER_END)))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, host, port, reuse_address=True)
+    async with server:
+        await server.serve_forever()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.loadgen")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve-dunno", help="answer DUNNO to every policy request")
     serve.add_argument("host")
     serve.add_argument("port", type=int)
+    dns = sub.add_parser("serve-dns", help="only the DNSBL lookups of a new client, no cache")
+    dns.add_argument("host")
+    dns.add_argument("port", type=int)
+    dns.add_argument("nameserver", help="IP:port")
+    dns.add_argument("zones", nargs="+")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_dunno(args.host, args.port))
+        if args.command == "serve-dns":
+            asyncio.run(serve_dns(args.host, args.port, args.nameserver, args.zones))
+        else:
+            asyncio.run(serve_dunno(args.host, args.port))
     return 0
 
 
