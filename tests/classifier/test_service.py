@@ -209,3 +209,87 @@ def test_workers_share_the_socket_and_the_models(make_classifierd, redis_server)
     assert daemon.stop() == 0
     assert not daemon.socket_path.exists()   # the supervisor removed its socket
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+async def _cached_classifier(redis_url: str, entries: int = 10_000,
+                             **changes) -> tuple[Classifier, RedisStore]:  # type: ignore[no-untyped-def]
+    store = RedisStore.from_settings(RedisSettings(url=redis_url, retries=0, timeout=2,
+                                                   connect_timeout=1), Metrics("test"))
+    settings = _settings(**changes)
+    return Classifier(TokenStore(store, settings.signature_ttl, global_cache_entries=entries),
+                      settings, FakeClock()), store
+
+
+def test_the_global_cache_changes_no_verdict(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """The same stream for two users, one through a daemon's cache of the global model: the
+    same probabilities, while TEFT learns into each user's model and corpus training into the
+    global model goes through a third classifier (another process, or MX host)."""
+    async def main() -> None:
+        admin, s0 = await _classifier(redis_server.url)
+        plain, s1 = await _classifier(redis_server.url)
+        cached, s2 = await _cached_classifier(redis_server.url)
+        cache = cached.store.global_cache
+        assert cache is not None
+        try:
+            await _train(admin, "")
+            stream = [NEW_SPAM, NEW_HAM, *SPAMS[:3], *HAMS[:3]] * 2
+            again = len(stream) // 2 + 1
+            assert stream[again] == NEW_HAM
+            for i, message in enumerate(stream):
+                if i == again:    # the admin trains the global model meanwhile, on tokens
+                    for _ in range(3):    # of the next message, which the cache holds
+                        await admin.retrain("", "spam", "corpus", None, NEW_HAM)
+                want = await plain.classify(message, "ivy", mode="teft")
+                got = await cached.classify(message, "jon", mode="teft")
+                assert got.verdict == want.verdict and got.learnt == want.learnt
+                assert (await cached.classify(message, "kim", learn=False)).verdict == \
+                    (await plain.classify(message, "lee", learn=False)).verdict
+            assert cache.hits > 0 and cache.drops == 1
+        finally:
+            for s in (s0, s1, s2):
+                await s.close()
+    run(main())
+
+
+def test_global_training_drops_the_cache_with_every_learnt_message(redis_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        plain, s1 = await _classifier(redis_server.url, global_training=True)
+        cached, s2 = await _cached_classifier(redis_server.url, global_training=True)
+        cache = cached.store.global_cache
+        assert cache is not None
+        try:
+            await _train(plain, "")
+            for message in (NEW_SPAM, NEW_HAM, NEW_SPAM):
+                # Both read the same models: the first learns nothing, the second learns
+                # into ned's model and the global one.
+                want = await plain.classify(message, "ned", learn=False)
+                got = await cached.classify(message, "ned", mode="teft")
+                assert got.verdict == want.verdict and got.learnt
+            assert cache.hits == 0    # each learnt message changed the global model
+        finally:
+            await s1.close()
+            await s2.close()
+    run(main())
+
+    # So the daemon keeps no such cache in that mode.
+    from postward.classifier.daemon import build_handler
+    from postward.core.runtime import Runtime
+    from postward.schema import load_config
+
+    async def handlers() -> list[object]:
+        caches = []
+        for training in ("no", "yes"):
+            conf = tmp_path / f"postward-{training}.conf"
+            conf.write_text(f"[redis]\nurl = {redis_server.url}\n[classifier]\n"
+                            f"global_training = {training}\nglobal_cache_entries = 1234\n")
+            config = load_config(conf)
+            runtime = Runtime.create(config, "classifierd", serve_metrics=False)
+            try:
+                handler = build_handler(config, runtime, ClassifierMetrics(runtime.metrics))
+                caches.append(handler.classifier.store.global_cache)
+            finally:
+                await runtime.aclose()
+        return caches
+    default, with_global_training = run(handlers())
+    assert default is not None and default.max_entries == 1234
+    assert with_global_training is None

@@ -186,3 +186,110 @@ def test_signatures_round_trip_and_learning_writes_one_with_the_counts(redis_ser
         finally:
             await store.close()
     run(main())
+
+
+async def _cached_store(redis_url: str, entries: int) -> tuple[TokenStore, RedisStore]:
+    store = RedisStore.from_settings(RedisSettings(url=redis_url, retries=0, timeout=2,
+                                                   connect_timeout=1), Metrics("test"))
+    return TokenStore(store, 3600, global_cache_entries=entries), store
+
+
+def test_every_training_changes_the_models_generation(redis_server) -> None:  # type: ignore[no-untyped-def]
+    r = redis.Redis.from_url(redis_server.url)
+    tokens = digests(20, 50)
+
+    async def main() -> None:
+        ts, store = await _store(redis_server.url)
+        try:
+            await ts.train(GLOBAL, tokens, 1, 0)
+            first = header(r, GLOBAL)["gen"]
+            await ts.train(GLOBAL, tokens, 0, 1)
+            await ts.train("user:ann", tokens, 0, 1, also_global=True)
+            assert header(r, GLOBAL)["gen"] == first + 2
+            # Deleted and trained anew, a model starts from the clock: no old generation again.
+            r.delete(f"{PREFIX}cls:m:{GLOBAL}", *buckets(r, GLOBAL))
+            await ts.train(GLOBAL, tokens, 1, 0)
+            assert header(r, GLOBAL)["gen"] > first + 2
+        finally:
+            await store.close()
+    run(main())
+
+
+def test_cached_global_counts_match_redis_and_follow_training_elsewhere(redis_server) -> None:  # type: ignore[no-untyped-def]
+    shared, own, fresh = digests(21, 3000), digests(22, 300), digests(23, 400)
+
+    async def main() -> None:
+        plain, store1 = await _store(redis_server.url)            # another process, or host
+        cached, store2 = await _cached_store(redis_server.url, 100_000)
+        cache = cached.global_cache
+        assert cache is not None
+        try:
+            for _ in range(2):
+                await plain.train(GLOBAL, shared, 1, 0)
+            await plain.train(GLOBAL, shared[:1000], 0, 3)
+            await plain.train("user:cy", shared[:100] + own, 0, 1)
+
+            async def same(model: str, ds: list[bytes]) -> None:
+                want, got = await plain.lookup(model, ds), await cached.lookup(model, ds)
+                assert got == want
+
+            # Cold, then warm: the second lookup reads none of the global model's counts.
+            await same("user:cy", shared[:500] + own + fresh[:100])
+            assert (cache.hits, cache.misses) == (0, 900)
+            await same("user:cy", shared[:500] + own + fresh[:100])
+            assert (cache.hits, cache.misses) == (900, 900)
+            await same("user:dee", shared[400:600] + fresh[:200])   # partly known
+            assert (cache.hits, cache.misses) == (900 + 200, 900 + 200)
+            await same(GLOBAL, shared[:50] + fresh[:50])
+            # Training through the other store changes counts this cache holds (and a token
+            # it holds as absent): the next lookup sees them and starts the cache over.
+            await plain.train(GLOBAL, shared[:10] + fresh[:5], 0, 7)
+            generation = cache.generation
+            await same("user:cy", shared[:500] + own + fresh[:100])
+            assert cache.generation != generation and cache.drops == 1
+            assert len(cache.counts) == 900
+            found = await cached.lookup("user:cy", fresh[:5])
+            assert found.hits == [(0, 7)] * 5 and found.totals.ham == 3 + 1 + 7
+            # A correction with also_global changes the global model too.
+            await plain.train("user:cy", shared[:3], -1, 1, also_global=True)
+            await same("user:cy", shared[:500])
+            assert cache.drops == 2
+            # A user's own training leaves the global model and the cache as they were.
+            await plain.train("user:cy", shared[:500], 1, 0)
+            await same("user:cy", shared[:500])
+            assert cache.drops == 2 and cache.hits >= 500
+        finally:
+            await store1.close()
+            await store2.close()
+    run(main())
+
+
+def test_the_cache_keeps_its_bound_and_skips_a_model_without_generation(redis_server) -> None:  # type: ignore[no-untyped-def]
+    r = redis.Redis.from_url(redis_server.url)
+    tokens = digests(24, 5000)
+
+    async def main() -> None:
+        plain, store1 = await _store(redis_server.url)
+        cached, store2 = await _cached_store(redis_server.url, 1000)
+        cache = cached.global_cache
+        assert cache is not None
+        try:
+            # No global model yet: nothing to tell its next version from, so nothing cached.
+            await cached.lookup("user:eve", tokens[:100])
+            assert cache.counts == {} and cache.generation is None
+            await plain.train(GLOBAL, tokens[::2], 1, 0)
+            for start in range(0, 5000, 700):
+                part = tokens[start:start + 900]
+                assert await cached.lookup("user:eve", part) == await plain.lookup("user:eve",
+                                                                                   part)
+                assert len(cache.counts) <= 1000
+            # The newest entries were kept: the last message's digests are all there.
+            assert all(d in cache.counts for d in tokens[4900:5000])
+            # The model's keys deleted by hand: a model without a generation, not cached.
+            r.delete(f"{PREFIX}cls:m:{GLOBAL}", *buckets(r, GLOBAL))
+            assert (await cached.lookup(GLOBAL, tokens[:10])).hits == [(0, 0)] * 10
+            assert cache.counts == {} and cache.generation is None
+        finally:
+            await store1.close()
+            await store2.close()
+    run(main())

@@ -44,8 +44,14 @@ class Oversized(Exception):
     answered 552, which the filter takes as "deliver it unclassified", as dspam did."""
 
 
-def build_handler(config: Config, runtime: Runtime, metrics: ClassifierMetrics) -> Handler:
-    store = TokenStore(runtime.store, config.classifier.signature_ttl)
+def build_handler(config: Config, runtime: Runtime, metrics: ClassifierMetrics,
+                  global_cache: bool = True) -> Handler:
+    """``global_cache``: keep a cache of the global model's counts (store.GlobalCountsCache)
+    in this process, unless ``global_training`` changes that model with every learnt message
+    (each change empties the cache, so it would only cost memory and copying)."""
+    c = config.classifier
+    entries = c.global_cache_entries if global_cache and not c.global_training else 0
+    store = TokenStore(runtime.store, c.signature_ttl, entries)
     classifier = Classifier(store, config.classifier, runtime.clock)
     return Handler(classifier, config.classifier, metrics)
 

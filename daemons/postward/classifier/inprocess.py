@@ -19,7 +19,9 @@ def serve_inprocess(opts: dict[str, Any], message: bytes) -> int:
     config = load_config(Path(opts.get("config") or DEFAULT_PATH))
     loop = asyncio.new_event_loop()
     runtime = Runtime.create(config, "classifierd", serve_metrics=False)
-    handler = build_handler(config, runtime, ClassifierMetrics(runtime.metrics))
+    # One message per process: a cache of the global model would never be read again.
+    handler = build_handler(config, runtime, ClassifierMetrics(runtime.metrics),
+                            global_cache=False)
 
     def transport(op: str, fields: list[tuple[str, str]], body: bytes):  # type: ignore[no-untyped-def]
         reply = loop.run_until_complete(handler.handle(op, fields, body))

@@ -81,6 +81,10 @@ class ClassifierSettings:
                                      "longest the daemon works on one request")
     global_training: bool = setting(False, v.boolean,
                                     "also train the global model on every user's mail")
+    global_cache_entries: int = setting(500_000, v.integer(0, 100_000_000),
+                                        "global model token counts each daemon process keeps "
+                                        "in memory (~90 bytes each), so Redis reads only the "
+                                        "rest; 0 or global_training = yes: none")
     workers: int = setting(1, v.integer(1, 64),
                            "processes answering on the same socket (one per core for a busy "
                            "MX: the models are in Redis, workers share nothing)")

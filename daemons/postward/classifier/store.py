@@ -8,7 +8,8 @@ Layout (every key under ``[redis] key_prefix``):
   ``hash-max-listpack-entries`` (128 by default) fields as one listpack, ~13 bytes per token
   here, where one big hash is a hashtable at ~61 bytes per field.
 * ``cls:m:<model>`` — the model's header: ``spam`` and ``ham`` (messages learnt), ``n`` (token
-  fields stored) and ``lvl``/``sp``, where its buckets stand (below).
+  fields stored), ``lvl``/``sp``, where its buckets stand (below), and ``gen``, its generation,
+  changed by every training script (what :class:`GlobalCountsCache` relies on).
 * ``cls:sig:<id>`` — what ``X-DSPAM-Signature: <id>`` refers to: the model, the class the
   message was filed as, whether it was learnt, and its token digests; kept ``signature_ttl``
   (dspam's ``PurgeSignatures``, 14 days), so retraining needs only the header.
@@ -41,8 +42,9 @@ recomputed safely later: the tokenizer settings may have changed), so its size f
 tokenizer's token count.
 
 Models are ``global`` and ``user:<name>``. Classification reads the user's model and the global
-one in one script call (their counts add up: a user with no training of their own gets the
-global model; dspam's "merged" groups). Training writes through one script for all the models
+one in one script call, the latter partly from :class:`GlobalCountsCache` in the daemon (their
+counts add up: a user with no training of their own gets the global model; dspam's "merged"
+groups). Training writes through one script for all the models
 it touches (and the signature, for a message learnt as it is classified), so counts never go
 negative and never tear.
 
@@ -56,6 +58,7 @@ of version 1) is not read: retrain from a corpus (``postward classifier train``)
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import secrets
 from collections.abc import Sequence
@@ -131,50 +134,64 @@ local function hmget(key, blob, offsets)
 end
 """
 
-# KEYS: the models' header keys (user first). ARGV[1]: the digests, joined; ARGV[2..]: each
-# model's bucket key prefix. Returns {counts, totals}: counts holds, per digest, the sum over
-# the models of its spam and its ham count; totals each model's spam and ham messages.
+# KEYS: the models' header keys (user first, the global model last). ARGV[1]: the digests,
+# joined; ARGV[2..#KEYS+1]: each model's bucket key prefix; then the generation of the last
+# model that the caller's cache holds ('' for none) and the digests, joined, the cache does not
+# hold. Returns {counts of each model, totals, generation, subset}: a model's counts hold a
+# spam and a ham count per digest read ({} for a model without tokens); the last model reads
+# only the digests the cache lacks (subset = 1) when the generations are equal, else all of
+# them (subset = 0). totals: each model's spam and ham messages; generation: the last model's
+# ('' when it has none).
 _LOOKUP = _LUA_COMMON + """
-local blob = ARGV[1]
-local n = #blob / D
-local counts = {}
-for i = 1, 2 * n do counts[i] = 0 end
-local totals = {}
-local function add(i, v)
-  local s, h = unpair(v)
-  counts[2 * i - 1] = counts[2 * i - 1] + s
-  counts[2 * i] = counts[2 * i] + h
-end
-for m = 1, #KEYS do
-  local head = redis.call('HMGET', KEYS[m], 'spam', 'ham', 'n', 'lvl', 'sp')
-  totals[#totals + 1] = tonumber(head[1] or '0')
-  totals[#totals + 1] = tonumber(head[2] or '0')
-  if tonumber(head[3] or '0') > 0 then  -- a model without tokens: nothing to read
-    local prefix = ARGV[m + 1]
-    local lvl, sp = tonumber(head[4] or '0'), tonumber(head[5] or '0')
-    if 2 ^ lvl >= 4 * n then
-      -- Far more buckets than tokens (a big model): one HGET per token; grouping by bucket
-      -- would only cost Lua tables.
-      local lo, hi = 2 ^ lvl, 2 ^ (lvl + 1)
-      for i = 1, n do
-        local at = i * D - D + 1
-        local h = hash24(blob, at)
-        local k = h % lo
-        if k < sp then k = h % hi end
-        local v = redis.call('HGET', prefix .. k, string.sub(blob, at, at + D - 1))
-        if v then add(i, v) end
-      end
-    else
-      for k, offsets in pairs(by_bucket(blob, lvl, sp, false)) do
-        local got = hmget(prefix .. k, blob, offsets)
-        for j = 1, #offsets do
-          if got[j] then add((offsets[j] - 1) / D + 1, got[j]) end
-        end
+local function read(prefix, head, blob)
+  local n = #blob / D
+  if n == 0 or tonumber(head[3] or '0') == 0 then return {} end  -- no tokens: nothing to read
+  local counts = {}
+  for i = 1, 2 * n do counts[i] = 0 end
+  local function set(i, v)
+    counts[2 * i - 1], counts[2 * i] = unpair(v)
+  end
+  local lvl, sp = tonumber(head[4] or '0'), tonumber(head[5] or '0')
+  if 2 ^ lvl >= 4 * n then
+    -- Far more buckets than tokens (a big model): one HGET per token; grouping by bucket
+    -- would only cost Lua tables.
+    local lo, hi = 2 ^ lvl, 2 ^ (lvl + 1)
+    for i = 1, n do
+      local at = i * D - D + 1
+      local h = hash24(blob, at)
+      local k = h % lo
+      if k < sp then k = h % hi end
+      local v = redis.call('HGET', prefix .. k, string.sub(blob, at, at + D - 1))
+      if v then set(i, v) end
+    end
+  else
+    for k, offsets in pairs(by_bucket(blob, lvl, sp, false)) do
+      local got = hmget(prefix .. k, blob, offsets)
+      for j = 1, #offsets do
+        if got[j] then set((offsets[j] - 1) / D + 1, got[j]) end
       end
     end
   end
+  return counts
 end
-return {counts, totals}
+local models = #KEYS
+local cached_gen, missing = ARGV[models + 2], ARGV[models + 3]
+local out, totals, gen, subset = {}, {}, '', 0
+for m = 1, models do
+  local head = redis.call('HMGET', KEYS[m], 'spam', 'ham', 'n', 'lvl', 'sp', 'gen')
+  totals[#totals + 1] = tonumber(head[1] or '0')
+  totals[#totals + 1] = tonumber(head[2] or '0')
+  local blob = ARGV[1]
+  if m == models then
+    gen = head[6] or ''
+    if gen ~= '' and gen == cached_gen then blob, subset = missing, 1 end
+  end
+  out[m] = read(ARGV[m + 1], head, blob)
+end
+out[models + 1] = totals
+out[models + 2] = gen
+out[models + 3] = subset
+return out
 """
 
 # KEYS: the header key of each model trained, then (optionally) a signature key.
@@ -200,10 +217,18 @@ local function split(prefix, lvl, sp)
   if sp + 1 == 2 ^ lvl then return lvl + 1, 0 end
   return lvl, sp + 1
 end
+-- A model's generation changes with every change to it (see GlobalCountsCache). A new
+-- model (or one trained before generations existed) starts from the clock in microseconds,
+-- so a model deleted and trained anew never repeats a generation its old self had.
+local function next_generation(g)
+  if g then return string.format('%d', tonumber(g) + 1) end
+  local t = redis.call('TIME')
+  return string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+end
 local first
 for m = 1, models do
   local key, prefix = KEYS[m], ARGV[4 + m]
-  local head = redis.call('HMGET', key, 'spam', 'ham', 'n', 'lvl', 'sp')
+  local head = redis.call('HMGET', key, 'spam', 'ham', 'n', 'lvl', 'sp', 'gen')
   local ts, th = tonumber(head[1] or '0'), tonumber(head[2] or '0')
   local n, lvl, sp = tonumber(head[3] or '0'), tonumber(head[4] or '0'), tonumber(head[5] or '0')
   -- Split before adding, for as many fields as this message could add: a bucket that once
@@ -234,7 +259,8 @@ for m = 1, models do
     call_sliced('HDEL', bucket, dels)
   end
   ts, th = math.max(0, ts + ds), math.max(0, th + dh)
-  redis.call('HSET', key, 'spam', ts, 'ham', th, 'n', n, 'lvl', lvl, 'sp', sp)
+  redis.call('HSET', key, 'spam', ts, 'ham', th, 'n', n, 'lvl', lvl, 'sp', sp,
+             'gen', next_generation(head[6]))
   if not first then first = {ts, th} end
 end
 if #KEYS > models then
@@ -288,12 +314,90 @@ class SignatureRecord:
     digests: tuple[bytes, ...]
 
 
+_ZERO = (0, 0)
+# Shared tuples for the small counts most tokens have, so a cache entry rarely holds its own.
+_SMALL = tuple((spam, ham) for spam in range(16) for ham in range(16))
+
+
+class GlobalCountsCache:
+    """This process's copy of some of the global model's counts (digest -> (spam, ham),
+    tokens the model lacks included as (0, 0)), all of one generation of the model.
+
+    The global model changes only when it is trained (``postward classifier train --global``,
+    corrections and corpus training through the global model, or every learnt message with
+    ``global_training = yes``), while a user's model changes with each message it learns. So
+    the lookup script reads the user's model in full and, from the global model, only the
+    digests missing here, provided the model's generation (``gen`` in its header, changed by
+    every training script in the same atomic call) still equals the one these counts were
+    read at; when it differs, the script reads every digest from the global model and the
+    cache is emptied and refilled at the new generation.
+
+    What that guarantees: a lookup's global counts, cached or read, and its totals all come
+    from the same state of the global model, the one current when its script ran, on any
+    number of processes and hosts sharing the Redis; the answer is exactly what it would be
+    without the cache. It relies on every change to the model going through the training
+    script (deleting the model's keys by hand and training it anew is fine: a new model's
+    generation starts from the Redis clock in microseconds, so it does not repeat an old one;
+    a model without a generation, e.g. just deleted, is not cached). Not covered: a Redis
+    clock that goes backwards across a delete, and an older copy of the model restored from a
+    backup and then trained to the generation a process last saw; reload the daemons after a
+    restore (SIGHUP starts each cache empty).
+
+    Bounded to ``max_entries``: past it, the older half (in insertion order) is dropped,
+    which costs one copy of the newer half per ``max_entries / 2`` insertions. An entry takes
+    ~80-100 bytes of Python memory (tracemalloc: the 6-byte digest object and the dict's slot;
+    the count pair is a shared tuple for counts below 16): 500,000 entries ~45 MB per process,
+    ~20 MB more while the older half is dropped.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.generation: bytes | None = None   # the model's generation the counts are of
+        self.counts: dict[bytes, tuple[int, int]] = {}
+        self.hits = 0          # digests answered from the cache
+        self.misses = 0        # digests read from Redis
+        self.drops = 0         # times the generation changed and the counts were dropped
+
+    def known(self, digests: Sequence[bytes]) -> tuple[list[tuple[int, int] | None],
+                                                       list[bytes]]:
+        """The cached counts of ``digests`` (None where unknown) and the digests missing."""
+        get = self.counts.get
+        found = [get(d) for d in digests]
+        return found, [d for d, f in zip(digests, found, strict=True) if f is None]
+
+    def update(self, generation: bytes, digests: Sequence[bytes], flat: Sequence[int]) -> None:
+        """Counts read at ``generation`` (flat: spam, ham per digest; empty: all zero)."""
+        if generation != self.generation:
+            if self.counts:
+                self.drops += 1
+            self.counts = {}
+            self.generation = generation or None
+        if self.generation is None:
+            return    # a model without a generation cannot be told apart from its successor
+        counts = self.counts
+        if not flat:
+            counts.update(dict.fromkeys(digests, _ZERO))
+        else:
+            small = _SMALL
+            for i, d in enumerate(digests):
+                spam, ham = flat[2 * i], flat[2 * i + 1]
+                counts[d] = small[spam * 16 + ham] if spam < 16 and ham < 16 else (spam, ham)
+        if len(counts) > self.max_entries:
+            keep = self.max_entries // 2
+            self.counts = dict(itertools.islice(counts.items(), len(counts) - keep, None))
+
+
 class TokenStore:
-    def __init__(self, store: RedisStore, signature_ttl: float) -> None:
+    def __init__(self, store: RedisStore, signature_ttl: float,
+                 global_cache_entries: int = 0) -> None:
+        """``global_cache_entries``: bound of this process's :class:`GlobalCountsCache`
+        (0: no cache, every lookup reads the global model's counts from Redis)."""
         self.store = store
         self.signature_ttl = int(signature_ttl)
         self._lookup = store.client.register_script(_LOOKUP)
         self._train = store.client.register_script(_TRAIN)
+        self.global_cache = (GlobalCountsCache(global_cache_entries)
+                             if global_cache_entries > 0 else None)
 
     def _head_key(self, model: str) -> str:
         return self.store.key("cls", "m", model)
@@ -308,13 +412,33 @@ class TokenStore:
         """Counts for ``digests`` in ``model`` plus the global model (raises StoreUnavailable)."""
         models = [model] if model == GLOBAL else [model, GLOBAL]
         keys = [self._head_key(m) for m in models]
-        args = [b"".join(digests), *(self._bucket_prefix(m) for m in models)]
+        cache = self.global_cache
+        # Taken before the call: another lookup may replace the cache while this one waits.
+        known, missing = cache.known(digests) if cache else ([], [])
+        sent_generation = cache.generation if cache else None
+        args = [b"".join(digests), *(self._bucket_prefix(m) for m in models),
+                sent_generation or b"", b"".join(missing)]
         reply = await self.store.run("classify_lookup", lambda c: self._lookup(
             keys=keys, args=args, client=c))
-        counts, totals = reply
-        it = iter(counts)
-        return Lookup(list(zip(it, it, strict=True)),
-                      Counts(sum(totals[0::2]), sum(totals[1::2])),
+        *per_model, totals, generation, subset = reply
+        global_flat = per_model[-1]
+        n = len(digests)
+        if cache is not None and subset:    # the cache's generation was the model's
+            cache.hits += n - len(missing)
+            cache.misses += len(missing)
+            cache.update(generation, missing, global_flat)
+            fresh = iter(_pairs(global_flat, len(missing)))
+            hits = [f if f is not None else next(fresh) for f in known]
+        else:
+            if cache is not None:
+                cache.misses += n
+                cache.update(generation, digests, global_flat)
+            hits = _pairs(global_flat, n)
+        if len(per_model) == 2 and per_model[0]:    # the user's model, when it has tokens
+            user_flat = per_model[0]
+            hits = [(s + user_flat[2 * i], h + user_flat[2 * i + 1])
+                    for i, (s, h) in enumerate(hits)]
+        return Lookup(hits, Counts(sum(totals[0::2]), sum(totals[1::2])),
                       Counts(totals[0], totals[1]))
 
     async def train(self, model: str, digests: Sequence[bytes], spam: int, ham: int,
@@ -374,6 +498,14 @@ class TokenStore:
     async def update_signature(self, sig_id: str, record: SignatureRecord) -> None:
         await self.store.run("signature_save", lambda c: c.set(
             self._signature_key(sig_id.lower()), _signature_value(record), keepttl=True))
+
+
+def _pairs(flat: Sequence[int], n: int) -> list[tuple[int, int]]:
+    """Flat spam, ham counts as pairs; an empty reply (a model without tokens) as zeros."""
+    if not flat:
+        return [_ZERO] * n
+    it = iter(flat)
+    return list(zip(it, it, strict=True))
 
 
 # "2": the bucketed layout's signatures. A "1" signature names counts in the old single-hash
