@@ -183,6 +183,49 @@ def test_missing_files_are_reported_except_local_ones(tmp_path: Path) -> None:
     assert not client_ok(lists, "192.0.2.1", "mx.example.com")
 
 
+def scan(lists: GreylistLists, name: str, address: str) -> str | None:
+    """client_match as postgrey does it, line after line: the reference for the indexed one."""
+    lowered = name.lower()
+    for domain, entry in lists.client_domains.items():
+        if lowered == domain or lowered.endswith("." + domain):
+            return entry.where
+    for pattern, entry in lists.client_regexes:
+        if pattern.search(name):
+            return entry.where
+    bits = int(ipaddress.ip_address(address))
+    for net in lists.client_networks:
+        if net.contains(bits):
+            return net.entry.where
+    return None
+
+
+def test_the_first_matching_line_wins_as_in_a_scan_of_the_file() -> None:
+    # Overlapping networks of several prefix lengths, in an order where a wider network comes
+    # first for some addresses and later for others: the line named must be the scan's.
+    text = ("192.0.2.128/25\n192.0.2.0/24\n192.0.2.7\n10.1.2\n10.0.0.0/8\n10.1.2.3\n"
+            "::/96\n2001:db8::/32\n2001:db8:1::/48\n/^mx\\d+\\.example\\.net$/\nexample.net\n")
+    lists = clients(text)
+    assert lists.problems == []
+    cases = [(name, address)
+             for name in ("unknown", "mx1.example.net", "MX.Example.NET", "mxa.example.net")
+             for address in ("192.0.2.7", "192.0.2.200", "192.0.2.1", "198.51.100.1",
+                             "10.1.2.3", "10.1.2.4", "10.9.9.9", "11.0.0.1", "2001:db8:1::5",
+                             "2001:db8:2::5", "::c000:207", "2001:db9::1")]
+    for name, address in cases * 2:  # twice: the second time from what was remembered
+        entry = lists.client_match(name, ipaddress.ip_address(address))
+        assert (entry.where if entry else None) == scan(lists, name, address), (name, address)
+    entry = lists.client_match("unknown", ipaddress.ip_address("192.0.2.200"))
+    assert entry is not None and entry.where == "clients:1"  # the /25 before the /24
+
+
+def test_lines_added_after_a_match_count_at_once() -> None:
+    lists = clients("192.0.2.0/24\n")
+    assert not client_ok(lists, "198.51.100.9", "mx.example.com")
+    lists.add_clients("example.com\n198.51.100.0/24\n", "more")
+    assert client_ok(lists, "203.0.113.1", "mx.example.com")
+    assert client_ok(lists, "198.51.100.9")
+
+
 def test_files_are_read_in_order_and_all_count(tmp_path: Path) -> None:
     (tmp_path / "a").write_text("example.com\n")
     (tmp_path / "a.local").write_text("192.0.2.0/24\n")

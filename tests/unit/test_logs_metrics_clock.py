@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from postward.core.clock import FakeClock
 from postward.core.config_values import HostPort
-from postward.core.logs import configure_logging, get_log
+from postward.core.logs import configure_logging, format_fields, get_log
 from postward.core.metrics import Metrics
 
 
@@ -23,6 +24,25 @@ def test_log_lines_are_key_value_and_quote_what_needs_it() -> None:
         'level=info daemon=policyd event=started listen=127.0.0.1:10040 '
         'note="say \\"hi\\"\\nbye" empty=""\n'
     )
+
+
+def test_every_kind_of_value_is_written_as_format_fields_writes_it() -> None:
+    # The usual line takes a shortcut past the dict format_fields reads: same text.
+    out = io.StringIO()
+    configure_logging("policyd", "info", stream=out)
+    fields = {"n": 3, "x": 0.5, "flag": True, "plain": "mx.example", "spaced": "a b",
+              "eq": "a=b", "tab": "a\tb", "back": "a\\b", "empty": "", "none": None,
+              "obj": Path("/tmp/x y"), "surrogate": "caf\udce9"}
+    get_log("test").warning("odd_values", **fields)
+    assert out.getvalue() == format_fields(
+        {"level": "warning", "daemon": "policyd", "event": "odd_values", **fields}) + "\n"
+
+
+def test_a_field_named_like_a_head_key_overrides_it_as_before() -> None:
+    out = io.StringIO()
+    configure_logging("policyd", "info", stream=out)
+    get_log("test").info("started", daemon="other", level="x")
+    assert out.getvalue() == "level=x daemon=other event=started\n"
 
 
 def test_exceptions_are_logged_on_one_line_with_their_type() -> None:

@@ -192,6 +192,31 @@ def test_a_timeout_raises_and_a_cancelled_call_leaves_the_stream_in_step(
     run(body)
 
 
+def test_every_command_in_flight_times_out_and_the_client_recovers(
+        redis_server: RedisServer) -> None:
+    # The first command is written at once (nothing in flight), the others wait for the end
+    # of the loop pass; all share one deadline timer. A caller that gave up first must not
+    # keep the later ones from timing out.
+    async def body() -> None:
+        c = client(redis_server.url, timeout=0.2)
+        assert await c.execute("SET", "a", "A") == b"OK"
+        other = client(redis_server.url, timeout=5)
+        await other.execute("CLIENT", "PAUSE", 400, "ALL")
+        first = asyncio.ensure_future(c.execute("GET", "a"))
+        rest = [asyncio.ensure_future(c.execute("GET", "a")) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        first.cancel()
+        for each in rest:
+            with pytest.raises(RedisTimeoutError):
+                await each
+        await asyncio.sleep(0.3)  # the pause is over
+        assert await c.execute("GET", "a") == b"A"  # on a new connection
+        for each in (c, other):
+            await each.close()
+
+    run(body)
+
+
 def test_tls_and_sentinel_stay_with_redis_py(testbed_dir: Path) -> None:
     assert fast_client_for(RedisSettings(url="rediss://127.0.0.1:6380/0")) is None
     sentinel = RedisSettings(url="redis://127.0.0.1:6379/0", sentinel_master="m",

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 from redis.asyncio.connection import parse_url
@@ -72,19 +72,28 @@ class Script:
 
 
 class _Connection(asyncio.Protocol):
-    """One socket: commands written as they come, replies handed to waiters in order."""
+    """One socket: commands written as they come, replies handed to waiters in order.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    A command whose reply has not come ``timeout`` seconds after it was sent drops the
+    connection (:meth:`_check_deadlines`). One timer serves every command: the replies come in
+    order, so only the oldest unanswered command's deadline can be the next to pass. (A timer
+    made and cancelled per command cost more than the rest of the bookkeeping.)"""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float | None = None) -> None:
         self.loop = loop
+        self.timeout = timeout  # None: no deadline
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.deadlines: deque[float] = deque()  # each waiter's, in the same order
         self.outgoing: list[bytes] = []
         self.lost: Exception | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: other event loops' transports (uvloop's) do not
+        # derive from asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -93,6 +102,7 @@ class _Connection(asyncio.Protocol):
                 self.abort(RedisConnectionError("unexpected reply from Redis"))
                 return
             waiter = self.waiters.popleft()
+            self.deadlines.popleft()
             if not waiter.done():  # done: its caller gave up (cancelled), the reply is dropped
                 waiter.set_result(reply)
 
@@ -102,6 +112,10 @@ class _Connection(asyncio.Protocol):
     def _fail(self, error: Exception) -> None:
         if self.lost is None:
             self.lost = error
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.deadlines.clear()
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
@@ -116,13 +130,43 @@ class _Connection(asyncio.Protocol):
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         if self.lost is not None:
             raise self.lost
-        if not self.outgoing:
-            # Commands issued in this loop pass leave in one write.
-            self.loop.call_soon(self._flush)
-        self.outgoing.append(packed)
+        if not self.waiters and not self.outgoing and self.transport is not None:
+            # Nothing in flight: write at once. Waiting for the end of the loop pass would
+            # cost one more pass on a lone request's path, and a batch only forms while
+            # replies are awaited anyway.
+            self.transport.write(packed)
+        else:
+            if not self.outgoing:
+                # Commands issued in this loop pass leave in one write.
+                self.loop.call_soon(self._flush)
+            self.outgoing.append(packed)
         waiter = self.loop.create_future()
         self.waiters.append(waiter)
+        if self.timeout is not None:
+            deadline = self.loop.time() + self.timeout
+            self.deadlines.append(deadline)
+            if self._timer is None:
+                self._timer = self.loop.call_at(deadline, self._check_deadlines)
+        else:
+            self.deadlines.append(float("inf"))
         return waiter
+
+    def _check_deadlines(self) -> None:
+        """As a timer per command would: the first command still awaited (a cancelled
+        caller's is not) past its deadline drops the connection; else wait for that
+        command's deadline."""
+        self._timer = None
+        for waiter, deadline in zip(self.waiters, self.deadlines, strict=True):
+            if waiter.done():
+                continue
+            if deadline <= self.loop.time():
+                # As redis-py: a command that timed out drops its connection (the server may
+                # be gone, and later replies would be late too); the next command opens a
+                # new one.
+                self.abort(RedisTimeoutError("Timeout reading from Redis"))
+            elif deadline != float("inf"):
+                self._timer = self.loop.call_at(deadline, self._check_deadlines)
+            return
 
     def _flush(self) -> None:
         data, self.outgoing = b"".join(self.outgoing), []
@@ -173,7 +217,7 @@ class RespClient:
         whether a partly applied batch may run again."""
         conn = await self._connection()
         waiters = [conn.send(hiredis.pack_command(tuple(c))) for c in commands]
-        replies = list(await self._wait(conn, asyncio.gather(*waiters)))
+        replies = list(await asyncio.gather(*waiters))
         if raise_on_error:
             for reply in replies:
                 if isinstance(reply, ResponseError):
@@ -182,17 +226,10 @@ class RespClient:
 
     async def _once(self, packed: bytes) -> Any:
         conn = await self._connection()
-        reply = await self._wait(conn, conn.send(packed))
+        reply = await conn.send(packed)  # the connection enforces the timeout
         if isinstance(reply, ResponseError):
             raise _specific(reply)
         return reply
-
-    async def _wait(self, conn: _Connection, waiter: asyncio.Future[Any]) -> Any:
-        handle = conn.loop.call_later(self.timeout, _expire, conn, waiter)
-        try:
-            return await waiter
-        finally:
-            handle.cancel()
 
     async def _connection(self) -> _Connection:
         conn = self._conn
@@ -244,6 +281,7 @@ class RespClient:
                 f"connecting to Redis timed out after {self.connect_timeout}s") from exc
         except OSError as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+        conn.timeout = self.timeout  # the handshake had only connect_timeout, as before
         self._conn = conn
         return conn
 
@@ -252,13 +290,6 @@ class RespClient:
         if conn is not None and conn.transport is not None and not conn.loop.is_closed():
             conn.transport.close()
             conn._fail(RedisConnectionError("client closed"))
-
-
-def _expire(conn: _Connection, waiter: asyncio.Future[Any]) -> None:
-    # As redis-py: a command that timed out drops its connection (the server may be gone, and
-    # later replies would be late too); the next command opens a new one.
-    if not waiter.done():
-        conn.abort(RedisTimeoutError("Timeout reading from Redis"))
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import socket
 import sys
@@ -164,6 +165,11 @@ def run_daemon(config_path: Path) -> int:
         async def main() -> int:
             runtime = Runtime.create(loaded.config, "policyd", serve_metrics=serve_metrics)
             daemon = PolicyDaemon(loaded, runtime, listeners)
+            # What exists now (modules, config, rules, whitelists) lives as long as the
+            # process: out of the cyclic GC's sight, its full collections no longer walk it
+            # again and again while requests come (~10 % of a greylisting request's CPU).
+            gc.collect()
+            gc.freeze()
             return await serve(daemon, daemon.inflight, lambda: load(config_path))
 
         return asyncio.run(main())

@@ -52,6 +52,9 @@ class Evaluation:
     # False once the decision depended on more than the request and the rules (state in
     # Redis, another server, the clock, a live list): such a decision is not cached.
     cacheable: bool = True
+    # postfwd's date/time value ("sec,min,...,isdst" of ``now``), made when a rule first
+    # tests a date item: most rule sets have none.
+    date: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,10 +114,9 @@ class Engine:
         return decision
 
     async def _decide(self, attrs: Mapping[str, str]) -> Decision:
-        ev = Evaluation(request=with_derived_items(dict(attrs)), orig=dict(attrs),
+        ev = Evaluation(request=with_derived_items(attrs), orig=dict(attrs),
                         now=self.clock.time())
         request = ev.request
-        date = ",".join(str(x) for x in _localtime(ev.now))
         action, matched_id, hits = DEFAULT_ACTION, None, []
         request["matches"] = request["rblcount"] = request["rhsblcount"] = "0"
         request["dnsbl_score"] = "0"
@@ -122,7 +124,7 @@ class Engine:
         while ev.index < len(rules):
             rule = rules[ev.index]
             ev.rule = rule
-            matched, rbl_count, rhsbl_count = await self._compare_rule(rule, ev, date)
+            matched, rbl_count, rhsbl_count = await self._compare_rule(rule, ev)
             request["matches"] = perl.num_str(matched)
             request["rblcount"] = perl.num_str(rbl_count)
             request["rhsblcount"] = perl.num_str(rhsbl_count)
@@ -158,8 +160,7 @@ class Engine:
 
     # -- comparing -------------------------------------------------------------------------
 
-    async def _compare_rule(self, rule: Rule, ev: Evaluation, date: str) -> tuple[float, float,
-                                                                                     float]:
+    async def _compare_rule(self, rule: Rule, ev: Evaluation) -> tuple[float, float, float]:
         request = ev.request
         ev.dnsbl_text = []
         if "score" in rule.single:  # registers a threshold, and the rule never matches
@@ -171,7 +172,9 @@ class Engine:
                 continue
             if key in compare.DATE_ITEMS:
                 ev.cacheable = False
-                value = date
+                if ev.date is None:
+                    ev.date = ",".join(str(x) for x in _localtime(ev.now))
+                value = ev.date
             else:
                 value = request.get(key, "")
             res = await self.compare_item(key, conds, "1", value, ev)

@@ -26,7 +26,7 @@ from enum import StrEnum
 
 from postward.core.clock import Clock
 from postward.core.logs import get_log
-from postward.core.metrics import Metrics
+from postward.core.metrics import Labelled, Metrics
 from postward.core.redis_store import RedisStore
 from postward.core.resp import Script
 from postward.policyd.greylist_lists import GreylistLists, ascii_lower
@@ -41,6 +41,7 @@ AWL_INTERVAL = 3600  # postgrey counts at most one auto-whitelist pass per clien
 # serves many SMTP sessions at once, so it remembers more: a message's second recipient must not
 # find its instance pushed out by other sessions' passes, or the mail gets a second header.
 INSTANCE_MEMORY = 1000
+ADDRESS_MEMORY = 10_000  # parsed client addresses kept
 _REQUIRED = ("client_address", "client_name", "recipient", "sender")
 _BATV_TAG = re.compile(r"[0-9a-z]{10}")  # case-sensitive, as in postgrey
 _NUMBER = re.compile(r"\b\d+\b", re.ASCII)  # Perl's \b and \d on the byte strings postgrey sees
@@ -151,6 +152,9 @@ def client_net(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
     bits = 32 if address.version == 4 else 128
     prefix = settings.ipv4cidr if address.version == 4 else settings.ipv6cidr
     mask = ((1 << prefix) - 1) << (bits - prefix)
+    if bits == 32:  # dotted quad written directly: no second address object per request
+        n = int(address) & mask
+        return f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
     return str(type(address)(int(address) & mask))
 
 
@@ -185,10 +189,13 @@ class Greylister:
         self._script = store.client.register_script(_SCRIPT)  # where store.fast is None
         self._fast_script = Script(_SCRIPT)
         self._instances: OrderedDict[str, None] = OrderedDict()
-        self._outcomes = metrics.counter("greylist_outcomes_total",
-                                         "greylisting decisions, by outcome", ["outcome"])
+        # Parsed client addresses: a client asks once per recipient, and parsing one in
+        # ipaddress costs more than the rest of the triplet. Bounded, cleared when full.
+        self._addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
+        self._outcomes = Labelled(metrics.counter(
+            "greylist_outcomes_total", "greylisting decisions, by outcome", ["outcome"]))
         for outcome in Outcome:  # export every outcome from the start, at 0
-            self._outcomes.labels(outcome.value)
+            self._outcomes(outcome.value)
 
     def reconfigure(self, settings: GreylistSettings, lists: GreylistLists) -> None:
         """New settings and whitelists (on SIGHUP), keeping the metrics and instance memory."""
@@ -199,7 +206,7 @@ class Greylister:
     async def check(self, request: Mapping[str, str]) -> GreylistResult:
         """postgrey's answer to this policy request. Raises StoreUnavailable if Redis fails."""
         result = await self._decide(request)
-        self._outcomes.labels(result.outcome.value).inc()
+        self._outcomes(result.outcome.value).inc()
         log.info("greylist", outcome=result.outcome.value, reason=result.reason,
                  queue_id=request.get("queue_id") or None,
                  client_name=request.get("client_name"),
@@ -213,7 +220,7 @@ class Greylister:
             return GreylistResult("DUNNO", Outcome.INCOMPLETE,
                                   f"attribute missing: {', '.join(missing)}")
         try:
-            address = ipaddress.ip_address(request["client_address"])
+            address = self._address(request["client_address"])
         except ValueError:
             return GreylistResult("DUNNO", Outcome.INCOMPLETE,
                                   f"can't parse client_address {request['client_address']!r}")
@@ -260,6 +267,16 @@ class Greylister:
             ("%h", self._hostname)])
         return GreylistResult(f"PREPEND {header}", Outcome.PASSED,
                               f"triplet found, delay={delay}")
+
+    def _address(self, text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """ipaddress.ip_address(text), remembered; raises ValueError as it does."""
+        address = self._addresses.get(text)
+        if address is None:
+            address = ipaddress.ip_address(text)  # not remembered when it raises
+            if len(self._addresses) >= ADDRESS_MEMORY:
+                self._addresses.clear()
+            self._addresses[text] = address
+        return address
 
     def _greylisted(self, request: Mapping[str, str], now: int, first: int) -> GreylistResult:
         s = self.settings

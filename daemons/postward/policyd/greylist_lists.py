@@ -27,6 +27,7 @@ _V4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:/(\d{1,2}))?", r
 _V4_PARTIAL = re.compile(r"\d{1,3}(?:\.\d{1,3}){1,2}", re.ASCII)
 _V6 = re.compile(r".*:.*:.*")  # postgrey's test: two colons anywhere; the address parser decides
 _V6_NET = re.compile(r"([^/]+)(?:/(\d{1,3}))?", re.ASCII)
+_NAME_MEMORY = 10_000  # client names whose whitelist verdict client_match keeps
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -104,6 +105,15 @@ class GreylistLists:
     recipient_patterns: list[tuple[re.Pattern[str], Entry]] = field(default_factory=list)
     # Every line skipped and every unreadable file, as file:line: reason (also logged).
     problems: list[Problem] = field(default_factory=list)
+    # What client_match looks at per request, derived from the lists above and rebuilt when
+    # they grow: the verdict on each client name seen (the name part is a pure function of
+    # the name; MTAs come back), and the networks by prefix length.
+    _names: dict[str, Entry | None] = field(default_factory=dict, init=False, repr=False,
+                                            compare=False)
+    _nets: list[tuple[int, dict[int, tuple[int, Entry]]]] = field(
+        default_factory=list, init=False, repr=False, compare=False)
+    _sizes: tuple[int, int, int] = field(default=(0, 0, 0), init=False, repr=False,
+                                         compare=False)
 
     @classmethod
     def load(cls, client_files: Iterable[str], recipient_files: Iterable[str]) -> GreylistLists:
@@ -188,6 +198,29 @@ class GreylistLists:
                      client_address: ipaddress.IPv4Address | ipaddress.IPv6Address
                      ) -> Entry | None:
         """The line whitelisting this client (by its verified name, then its address)."""
+        sizes = (len(self.client_domains), len(self.client_regexes), len(self.client_networks))
+        if sizes != self._sizes:
+            self._reindex(sizes)
+        try:
+            by_name = self._names[client_name]
+        except KeyError:
+            by_name = self._name_match(client_name)
+            if len(self._names) >= _NAME_MEMORY:
+                self._names.clear()  # bounded; refilled by the names that keep coming
+            self._names[client_name] = by_name
+        if by_name is not None:
+            return by_name
+        # The first line in file order whose network holds the address: at most one
+        # candidate per prefix length, found by a dict look-up instead of a scan.
+        bits = address_bits(client_address)
+        found: tuple[int, Entry] | None = None
+        for shift, nets in self._nets:
+            hit = nets.get(bits >> shift)
+            if hit is not None and (found is None or hit[0] < found[0]):
+                found = hit
+        return None if found is None else found[1]
+
+    def _name_match(self, client_name: str) -> Entry | None:
         name = ascii_lower(client_name)
         if self.client_domains:
             # The name and every parent of it after a dot, as (?:^|\.)ENTRY$ would find them.
@@ -197,11 +230,17 @@ class GreylistLists:
         for pattern, entry in self.client_regexes:
             if pattern.search(client_name):
                 return entry
-        bits = address_bits(client_address)
-        for net in self.client_networks:
-            if net.contains(bits):
-                return net.entry
         return None
+
+    def _reindex(self, sizes: tuple[int, int, int]) -> None:
+        self._names = {}
+        by_shift: dict[int, dict[int, tuple[int, Entry]]] = {}
+        for index, net in enumerate(self.client_networks):
+            shift = 128 - net.prefix
+            # setdefault: an earlier line for the same network wins, as in the scan
+            by_shift.setdefault(shift, {}).setdefault(net.value >> shift, (index, net.entry))
+        self._nets = sorted(by_shift.items())
+        self._sizes = sizes
 
     def recipient_match(self, recipient: str) -> Entry | None:
         for pattern, entry in self.recipient_patterns:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from itertools import repeat
 
 VERSION_ITEM = "postfwd 1.35"  # what rules testing 'version' expect (see docs/policyd.md)
@@ -73,8 +74,9 @@ def parse_request_lines(block: bytes) -> tuple[dict[str, str], list[bytes]]:
     return attrs, garbage
 
 
-def with_derived_items(attrs: dict[str, str]) -> dict[str, str]:
-    """postfwd's request preparation: empty sender becomes '<>', then the builtin items.
+def with_derived_items(attrs: Mapping[str, str]) -> dict[str, str]:
+    """postfwd's request preparation: empty sender becomes '<>', then the builtin items. A new
+    dict: ``attrs`` is not changed.
 
     Faithful to a Perl detail: a recipient without '@' inherits the sender's local part and
     domain (postfwd reads $1/$2 of the last successful match)."""

@@ -74,7 +74,7 @@ class Rule:
 
     @property
     def dnsbl_keys(self) -> list[str]:
-        return [k for k in DNSBL_KEYS if k in self.items]
+        return [k for k in DNSBL_KEYS if k in self.items] if self.items else []
 
     def show(self) -> str:
         """The rule as ``postfwd -C`` prints it."""
