@@ -866,7 +866,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variant", default=DEFAULT_VARIANT,
                         help="postward settings to measure besides the defaults, e.g. "
                              "'osb_window=1,min_dev=0.2' (TokenizerSettings fields and "
-                             "[classifier] keys); 'none' for the defaults only")
+                             "[classifier] keys; several variants separated by ';'); 'none' "
+                             "for the defaults only")
     parser.add_argument("--no-rspamd", action="store_true", help="leave rspamd out")
     parser.add_argument("--keep", action="store_true", help="keep the logs and data directory")
     args = parser.parse_args(argv)
@@ -875,7 +876,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = dataclasses.replace(plan, dev_folds=args.dev_folds)
     variants = [DEFAULTS]
     if args.variant.strip().lower() != "none":
-        variants.append(parse_variant(args.variant))
+        variants += [parse_variant(v) for v in args.variant.split(";") if v.strip()]
     signal.signal(signal.SIGTERM, raise_interrupt)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     command = " ".join([".venv/bin/python -m tests.benchmarks.bench_classifier", *sys.argv[1:]]

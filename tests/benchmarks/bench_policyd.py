@@ -311,7 +311,7 @@ class Bed:
         directory = self.subdir(name)
         port = free_port(self.address)
         config = directory / "postward.conf"
-        config.write_text(postward_config(self.redis.url, self.dns.nameserver,
+        config.write_text(postward_config(self.redis.unix_url, self.dns.nameserver,
                                           f"{self.address}:{port}", rules, workers))
         process = ManagedProcess(
             f"postward-policyd, {workers} worker{'s' if workers > 1 else ''}",
@@ -606,7 +606,8 @@ HOW = """How each system runs (all on one private 127.x.y.z address; nothing els
 touched):
 
 - **postward-policyd**: `python -m postward.policyd --daemon --config postward.conf` with
-  `[redis] url` (a private redis-server), `[dns] nameservers` (the test bed's unbound),
+  `[redis] url` (a private redis-server on its unix socket, as docs/systemd.md recommends
+  for Debian's Redis), `[dns] nameservers` (the test bed's unbound),
   `[metrics] enabled = no`, `[policyd] listen`, `rules`{workers}; everything else default (DNS
   answers cached in Redis, info-level logs to a file).
 - **postfwd2 1.35** (Debian): daemon mode with Debian's options (`--user postfw --group postfw
