@@ -522,7 +522,8 @@ class Rspamd:
     per message, as postward). Hyperscan's compiled regexps are cached in ~/.cache."""
 
     def __init__(self, directory: Path, address: str, redis: tuple[str, int],
-                 dns: tuple[str, int]) -> None:
+                 dns: tuple[str, int], normal_workers: int = 0) -> None:
+        """``normal_workers``: the scanner's process count; 0 keeps rspamd's default (one)."""
         self.directory = directory
         self.address = address
         self.scan_port = free_port(address)
@@ -540,7 +541,8 @@ class Rspamd:
             shutil.chown(d, RSPAMD_USER, RSPAMD_USER)
         a = address
         files = {
-            "override.d/worker-normal.inc": f'bind_socket = "{a}:{self.scan_port}";\n',
+            "override.d/worker-normal.inc": f'bind_socket = "{a}:{self.scan_port}";\n'
+            + (f"count = {normal_workers};\n" if normal_workers else ""),
             "override.d/worker-controller.inc":
                 f'bind_socket = "{a}:{self.controller_port}";\n'
                 f'secure_ip = ["127.0.0.1", "{a}"];\n',
