@@ -26,6 +26,10 @@ from tests.testbed.net import free_port, wait_until
 pytestmark = pytest.mark.integration
 
 INSIDE, OUTSIDE = "127.0.0.1", "203.0.113.10"
+# Milter protocol bits (SMFIP_*): steps not sent, and steps Postfix does not wait an answer for.
+NO_HELO, NO_RCPT, NO_DATA = 0x2, 0x8, 0x200
+NO_REPLY_CONNECT, NO_REPLY_MAIL, NO_REPLY_HEADER, NO_REPLY_EOH, NO_REPLY_BODY = (
+    0x1000, 0x4000, 0x80, 0x40000, 0x80000)
 
 
 def _message(subject: str = "hello", sender: str = "alice@example.test") -> bytes:
@@ -202,7 +206,8 @@ def test_sigterm_stops_cleanly(signer) -> None:  # type: ignore[no-untyped-def]
 def test_unix_socket_verifies_with_fewer_steps(make_dkim, redis_server, dkim_dns,  # type: ignore[no-untyped-def]
                                                dkim_keys) -> None:
     """On a local: socket the milter asks Postfix to skip HELO/RCPT/DATA and not to wait for
-    an answer per header field; signing and verifying work the same."""
+    an answer to MAIL FROM, per header field or per body chunk; signing and verifying work the
+    same."""
 
     daemon = make_dkim("dkim-unix-v", redis_url=redis_server.url,
                        nameserver=dkim_dns.nameserver, unix_socket=True, umask="000",
@@ -211,16 +216,16 @@ def test_unix_socket_verifies_with_fewer_steps(make_dkim, redis_server, dkim_dns
     client = MilterClient(str(daemon.socket_path))
     try:
         _actions, protocol = client.negotiate(0x1FFFFF)  # every step Postfix can skip, as it offers
-        no_helo, no_rcpt, no_data, no_reply_header = 0x2, 0x8, 0x200, 0x80
-        assert protocol & (no_helo | no_rcpt | no_data | no_reply_header) == \
-            no_helo | no_rcpt | no_data | no_reply_header
+        skipped = NO_HELO | NO_RCPT | NO_DATA | NO_REPLY_MAIL | NO_REPLY_HEADER | NO_REPLY_BODY
+        assert protocol & skipped == skipped
+        assert protocol & (NO_REPLY_CONNECT | NO_REPLY_EOH) == 0   # these may end the message
         assert client.connect("client.test", INSIDE) == "c"
-        assert client.mail("alice@example.test") == "c"
+        client.send(b"M", b"<alice@example.test>\0")   # no reply asked
         fields, body = split_message(_message("over unix"))
         for name, value in fields:
             client.send(b"L", name + b"\0" + value + b"\0")   # no reply asked
         assert client.eoh() == "c"
-        assert client.body(body) == "c"
+        client.send(b"B", body)   # no reply asked
         signed = client.eom()
     finally:
         client.close()
@@ -236,12 +241,74 @@ def _run_unix(daemon: DkimDaemon, message: bytes) -> EomResult:
     try:
         client.negotiate(0x1FFFFF)  # every step Postfix can skip, as it offers
         client.connect("client.test", OUTSIDE)
-        client.mail("alice@example.test")
+        client.send(b"M", b"<alice@example.test>\0")
         fields, body = split_message(message)
         for name, value in fields:
             client.send(b"L", name + b"\0" + value + b"\0")
         client.eoh()
-        client.body(body)
+        client.send(b"B", body)
         return client.eom()
     finally:
         client.close()
+
+
+def test_unix_failure_in_a_step_without_answer_is_answered_at_end_of_message(
+        testbed_dir, loopback, redis_server, dkim_dns) -> None:  # type: ignore[no-untyped-def]
+    """Postfix does not wait for an answer to a body chunk on a unix socket, so a failure there
+    (here: ARC's body spool cannot roll over to its TemporaryDirectory, removed after the
+    start) must not be answered at once — Postfix would read that answer as the one to its
+    next command — but at end of message: 451, the message kept (and only logged when the
+    message is aborted instead). The session stays in step and the next message is looked
+    at."""
+    spool = testbed_dir / "spool"
+    spool.mkdir()
+    daemon = DkimDaemon(testbed_dir / "dkim-unix-fail", loopback, redis_url=redis_server.url,
+                        nameserver=dkim_dns.nameserver, unix_socket=True)
+    conf = daemon.opendkim_conf.read_text()
+    daemon.opendkim_conf.write_text(conf.replace("TemporaryDirectory      /var/tmp",
+                                                 f"TemporaryDirectory      {spool}"))
+    daemon.start()
+    try:
+        spool.rmdir()
+        arc_set = b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=example.test; s=x; b=AAAA\n"
+        big = arc_set + _message("big").rstrip(b"\n") + b"\n" + b"0123456789" * 120_000 + b"\n"
+        client = MilterClient(str(daemon.socket_path))
+        try:
+            _actions, protocol = client.negotiate(0x1FFFFF)
+            assert protocol & NO_REPLY_BODY
+            assert client.connect("client.test", OUTSIDE) == "c"
+            client.send(b"M", b"<alice@example.test>\0")
+            fields, body = split_message(big)
+            for name, value in fields:
+                client.send(b"L", name + b"\0" + value + b"\0")
+            assert client.eoh() == "c"
+            for i in range(0, len(body), 65535):
+                client.send(b"B", body[i:i + 65535])
+            result = client.eom()
+            assert result.reply == "y" and result.reply_text.startswith(b"451 4.7.1"), result
+            assert not result.inserted
+            client.send(b"A")   # what Postfix sends after a rejected message
+            # A failure followed by an abort (the client went away) has no answer to give:
+            # it is still logged.
+            client.send(b"M", b"<alice@example.test>\0")
+            for name, value in fields:
+                client.send(b"L", name + b"\0" + value + b"\0")
+            assert client.eoh() == "c"
+            for i in range(0, len(body), 65535):
+                client.send(b"B", body[i:i + 65535])
+            client.send(b"A")
+            # The same session, in step: the next message is looked at normally.
+            client.send(b"M", b"<alice@example.test>\0")
+            fields, body = split_message(_message("small"))
+            for name, value in fields:
+                client.send(b"L", name + b"\0" + value + b"\0")
+            reply = client.eoh()
+            assert reply in ("a", "c"), reply   # unsigned: accepted or answered at the end
+        finally:
+            client.close()
+        log = daemon.log_text()
+        failures = [line for line in log.splitlines() if "callback_failed" in line]
+        assert len(failures) == 2 and all("stage=body" in f for f in failures), log
+        assert daemon.process.running()
+    finally:
+        daemon.stop()

@@ -554,3 +554,35 @@ def test_networks_match_exactly_their_addresses(address: ipaddress.IPv4Address
     assert problems == []
     assert plist.matches(str(address), None)
     assert plist.matches(str(other), None) is (other in net)
+
+
+def _walk_every_key(plist: PeerList, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+                    ) -> tuple[bool, Entry | None]:
+    """The address check as the module doc states it, trying every network from /32 (/128)
+    to /0: the reference for PeerList, which skips prefix lengths no entry has."""
+    keys = [str(address)] + [str(ipaddress.ip_network((address, bits), strict=False))
+                             for bits in range(address.max_prefixlen, -1, -1)]
+    for key in keys:
+        for negated in (True, False):
+            for e in plist.entries:
+                if e.key.startswith("!") is negated and e.key.lstrip("!") == key:
+                    return not negated, e
+    return False, None
+
+
+@settings(derandomize=True, deadline=None, max_examples=300)
+@given(st.ip_addresses(), st.data())
+def test_only_listed_prefix_lengths_are_tried_and_nothing_changes(
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address, data: st.DataObject) -> None:
+    # Networks around the client (some containing it, some not), some negated, in any order.
+    entries = []
+    for _ in range(data.draw(st.integers(1, 6))):
+        near = data.draw(st.sampled_from([address, data.draw(st.ip_addresses(
+            v=address.version))]))
+        bits = data.draw(st.integers(0, address.max_prefixlen))
+        net = ipaddress.ip_network((near, bits), strict=False)
+        text = str(net.network_address) if bits == address.max_prefixlen else str(net)
+        entries.append(("!" if data.draw(st.booleans()) else "") + text)
+    plist, problems = peers(",".join(entries))
+    assert problems == []
+    assert plist.decision(str(address), None) == _walk_every_key(plist, address)

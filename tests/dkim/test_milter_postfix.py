@@ -183,6 +183,8 @@ def test_milter_down_defers_the_message(pair) -> None:  # type: ignore[no-untype
 
 
 def test_unix_socket(make_postfix, make_dkim, redis_server, dkim_dns, dkim_keys, loopback):  # type: ignore[no-untyped-def]
+    """Signing, then verifying, over a unix socket, where Postfix negotiates away the answers
+    to MAIL FROM, header fields and body chunks."""
     dkim = make_dkim("dkim-unix", redis_url=redis_server.url, nameserver=dkim_dns.nameserver,
                      keys=[KeySpec("example.test", dkim_keys.rsa2048.selector,
                                    dkim_keys.rsa2048.private_pem)],
@@ -191,9 +193,27 @@ def test_unix_socket(make_postfix, make_dkim, redis_server, dkim_dns, dkim_keys,
                      umask="000")
     postfix = make_postfix(name="unix", domains=["receiver.test"],
                            snippets=[SNIPPETS / "dkim.main.cf"],
-                           overrides={"postward_dkim_milter": dkim.milter})
+                           overrides={"postward_dkim_milter": dkim.milter,
+                                      "smtpd_authorized_xclient_hosts": "127.0.0.0/8"})
     code, text = xclient_send(postfix, "alice@example.test", "bob@receiver.test",
                               _message("unix socket"))
     assert code == 250, text
     got = _arrived(postfix, "unix socket")
     assert "d=example.test" in str(got.message["DKIM-Signature"])
+    # The signed message again, from outside and with a forged result under our authserv-id:
+    # verified, the forgery removed.
+    head, _, body = got.raw.partition(b"\n\n")
+    kept = [line for line in re.split(rb"\n(?![ \t])", head)
+            if not line.lower().startswith((b"received:", b"return-path:", b"delivered-to:"))]
+    replay = (b"Authentication-Results: " + dkim.authserv_id.encode() + b"; dkim=fail\n"
+              + b"\n".join(kept) + b"\n\n" + body)
+    code, text = xclient_send(postfix, "alice@example.test", "bob@receiver.test", replay,
+                              addr=OUTSIDE_CLIENT)
+    assert code == 250, text
+
+    def verified() -> list[StoredMessage]:
+        return postfix.maildir.find(lambda m: m.message["Subject"] == "unix socket"
+                                    and _our_results(m, dkim.authserv_id))
+
+    wait_until(verified, timeout=30, what="the replayed message, verified")
+    assert _our_results(verified()[0], dkim.authserv_id) == ["pass"]

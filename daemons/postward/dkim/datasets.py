@@ -29,7 +29,7 @@ Where postward is stricter than OpenDKIM, and why:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
@@ -113,14 +113,30 @@ class Matcher(Generic[T]):
             else:
                 self._exact.setdefault(fold(key), []).append((index, item))
 
+    @property
+    def has_patterns(self) -> bool:
+        return bool(self._patterns)
+
+    def exact_keys(self) -> Iterable[str]:
+        """The (folded) keys looked up exactly, i.e. all but the wildcard patterns."""
+        return self._exact.keys()
+
     def all(self, key: str) -> list[T]:
         found = list(self._exact.get(fold(key), ()))
         found += [(i, item) for i, regex, item in self._patterns if regex.fullmatch(key)]
         return [item for _, item in sorted(found, key=lambda pair: pair[0])]
 
     def first(self, key: str) -> T | None:
-        found = self.all(key)
-        return found[0] if found else None
+        # Called for every key of every SMTP client (peerlist.py tries dozens per client):
+        # the earliest exact item, unless a pattern before it matches, without building lists.
+        exact = self._exact.get(fold(key))
+        best = exact[0] if exact else None
+        for index, regex, item in self._patterns:
+            if best is not None and index > best[0]:
+                break
+            if regex.fullmatch(key):
+                return item
+        return best[1] if best is not None else None
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ class HeaderBlock:
             # guards the daemon against a peer that does not.
             self.truncated = True
             return
-        self.fields.append((name, wire_value(value) + b"\r\n"))
+        # Most fields are one line: no regex pass for them.
+        self.fields.append((name, (wire_value(value) if b"\n" in value else value) + b"\r\n"))
 
     def named(self, name: str) -> list[bytes]:
         """The raw values (CRLF-terminated) of every field called ``name``, top to bottom."""
@@ -60,5 +61,7 @@ class HeaderBlock:
 
 
 def unfold(value: bytes) -> bytes:
-    """The value with its folding removed (tag lists are parsed unfolded)."""
-    return re.sub(rb"\r?\n", b"", value)
+    """The value with its folding removed (tag lists are parsed unfolded): every CRLF and bare
+    LF gone, as dkimpy's ``\\r?\\n`` regex does, with bytes methods (the regex took ~12 µs on a
+    signature field)."""
+    return value.replace(b"\r\n", b"").replace(b"\n", b"") if b"\n" in value else value

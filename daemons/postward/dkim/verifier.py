@@ -32,6 +32,8 @@ from postward.dkim.keys import KeyRecordError, PublicKey, parse_public_record
 PASS, FAIL, NEUTRAL, TEMPERROR, PERMERROR = "pass", "fail", "neutral", "temperror", "permerror"
 
 _HASHES = {b"rsa-sha256": ("rsa", "sha256"), b"ed25519-sha256": ("ed25519", "sha256")}
+_WHITESPACE = re.compile(rb"\s+")
+_H_SEPARATOR = re.compile(rb"\s*:\s*")
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ def check(sig: Signature, fields: Sequence[tuple[bytes, bytes]], body: BodyHashe
     """The verdict on ``sig`` for a message with header ``fields`` and streamed ``body``."""
     base = {"domain": sig.domain, "selector": sig.selector, "algorithm": sig.algorithm,
             "identity": sig.tags.get(b"i", b"").decode("utf-8", "replace"),
-            "header_b": re.sub(rb"\s+", b"", sig.tags.get(b"b", b""))[:8].decode("ascii",
+            "header_b": _WHITESPACE.sub(b"", sig.tags.get(b"b", b""))[:8].decode("ascii",
                                                                                  "replace")}
     if sig.problem:
         return Outcome(PERMERROR, reason=sig.problem, **base)
@@ -190,7 +192,7 @@ def _key_problem(sig: Signature, key: PublicKey, key_type: str, hash_name: str,
 
 def _header_digest(sig: Signature, fields: Sequence[tuple[bytes, bytes]]) -> bytes:
     policy = CanonicalizationPolicy.from_c_value(sig.tags.get(b"c", b"simple/simple"))
-    include = [h.lower() for h in re.split(rb"\s*:\s*", sig.tags[b"h"].strip())]
+    include = [h.lower() for h in _H_SEPARATOR.split(sig.tags[b"h"].strip())]
     if b"from" in include:
         # Hash every From field, as dkimpy does: a second, unsigned From: must break the
         # signature rather than be shown to the reader (dkimpy bug #644046).
@@ -202,6 +204,6 @@ def _header_digest(sig: Signature, fields: Sequence[tuple[bytes, bytes]]) -> byt
 
 def _b64(value: bytes) -> bytes | None:
     try:
-        return base64.b64decode(re.sub(rb"\s+", b"", value), validate=True)
+        return base64.b64decode(_WHITESPACE.sub(b"", value), validate=True)
     except (binascii.Error, ValueError):
         return None
