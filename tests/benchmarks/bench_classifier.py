@@ -46,7 +46,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -391,6 +391,8 @@ class LoadTarget:
     pids: tuple[int, ...]
     redis_pid: int | None
     half_close: bool = True
+    # Called before each timed run: a fresh daemon (cold caches); returns its pids.
+    restart: Callable[[], tuple[int, ...]] | None = None
 
 
 def measure_load(targets: Sequence[LoadTarget], plan: Plan, results: Results) -> None:
@@ -400,8 +402,9 @@ def measure_load(targets: Sequence[LoadTarget], plan: Plan, results: Results) ->
             for t in order:
                 need = plan.load_requests + plan.warmup
                 requests = (t.requests * (need // len(t.requests) + 1))[:need]
+                pids = t.restart() if t.restart else t.pids
                 run = run_load(t.connect, requests, t.ok, c, plan.warmup,  # type: ignore[arg-type]
-                               plan.time_limit, t.pids, t.redis_pid, t.half_close)
+                               plan.time_limit, pids, t.redis_pid, t.half_close)
                 results.load.setdefault((t.label, c), []).append(run)
                 log(f"  [{repeat + 1}/{plan.repeats}] c={c:<3} {t.label:44} {run.rate:8.1f} "
                     f"msg/s p50 {run.p50 * 1e3:7.2f} p99 {run.p99 * 1e3:7.2f} ms cpu "
@@ -478,21 +481,31 @@ def benchmark(directory: Path, plan: Plan, variants: Sequence[Variant], use_rspa
         sanity_pipe(cmds, sample)
         measure_pipes(cmds, sample, plan, results)
         log(f"speed (b): the daemons alone, {plan.load_requests} requests per run")
-        load_sample = speed_sample(ham, spam, 600)
+        # Every message once per run, and postward restarted before each run: its cache of
+        # the global model's counts starts cold every time, as after a restart in production
+        # (a running server's cache is warmer).
+        load_sample = speed_sample(ham, spam, plan.load_requests + plan.warmup)
+
+        def fresh(d: PostwardDaemon) -> Callable[[], tuple[int, ...]]:
+            def restart() -> tuple[int, ...]:
+                d.stop()
+                d.start()
+                return (d.pid,)
+            return restart
         targets = [
             LoadTarget("postward-classifierd PROCESS, mode toe", unix_connector(
                 daemon.socket_path), postward_requests(load_sample, "toe"), postward_ok,
-                (daemon.pid,), redis.process.pid),
+                (daemon.pid,), redis.process.pid, restart=fresh(daemon)),
             LoadTarget("postward-classifierd PROCESS, mode teft (learns)", unix_connector(
                 daemon.socket_path), postward_requests(load_sample, "teft"), postward_ok,
-                (daemon.pid,), redis.process.pid),
+                (daemon.pid,), redis.process.pid, restart=fresh(daemon)),
         ]
         for variant in variants[1:]:
             other = configs[variant.name]
             targets.append(LoadTarget(
                 f"postward-classifierd ({variant.short}) PROCESS, mode toe", unix_connector(
                     other.socket_path), postward_requests(load_sample, "toe"), postward_ok,
-                (other.pid,), redis.process.pid))
+                (other.pid,), redis.process.pid, restart=fresh(other)))
         if rspamd is not None:
             targets.append(LoadTarget(f"rspamd {results.rspamd} /checkv2", tcp_connector(
                 rspamd.address, rspamd.scan_port), rspamd_requests(load_sample, rspamd.address),
@@ -806,11 +819,10 @@ benchmark's directory; nothing else on the machine is touched):
   (and rspamc in (a)) carry the envelope sender and recipient (`From:`/`Rcpt:`, rspamc's
   `-F`/`-r`), as Postfix's milter gives them: without them rspamd checks the header From's
   domain instead, and some of those lookups waited out its DNS timeout (2 s) against the stub.
-  The same 600 test messages are sent again in every run, so postward's per-process cache of
-  the global model's counts (`global_cache_entries`) is warm after the first: the variant with
-  `global_cache_entries=0` shows the daemon without it. On a stream of messages each seen once
-  (the 2,796 test messages, cold start) the cache answered 75 % of the lookups
-  (docs/classifier.md)."""
+  Each run sends {load} different test messages, each once, and postward-classifierd is
+  restarted before each run, so its per-process cache of the global model's counts
+  (`global_cache_entries`) starts cold every time (a server that has been running has a warmer
+  one); the variants with `global_cache_entries=0` show the daemon without that cache."""
 
 
 def render(results: Results, plan: Plan, sizes: dict[str, int], command: str,
@@ -821,7 +833,8 @@ def render(results: Results, plan: Plan, sizes: dict[str, int], command: str,
              f"Measured {datetime.date.today().isoformat()} by `{command}` on {machine()}. "
              f"Load average when the benchmark started: {started_load}.", "",
              HOW.format(bogo=Bogofilter.version(), rspamd=results.rspamd or "(not measured)",
-                        pipe=plan.pipe_messages), "",
+                        pipe=plan.pipe_messages,
+                        load=f"{plan.load_requests + plan.warmup:,}"), "",
              "### Accuracy: trained on easy-ham-1 + hard-ham-1 + spam-1, tested on easy-ham-2 + "
              "spam-2", "",
              "Each system at its own default cut-off; ROC AUC and the last column from the "
