@@ -168,8 +168,12 @@ def configure(container: Container) -> None:
 
 
 def train(container: Container, user: str, spam_words: str, ham_words: str) -> None:
-    """Initial training, as from the user's old mail: both classes came in through this MX, so
-    the header tokens Postfix adds (Received: ...) are no evidence either way."""
+    """Initial training, as from the user's old mail: both classes came in through this MX
+    from MIME-aware clients and were delivered (Return-Path:, which pipe's R flag also puts on
+    every message the filter sees), so the header tokens Postfix, the LDA and the world's client
+    add (Return-Path:, Received:, Content-Type: ...) are no evidence either way. (Missing from
+    the corpus, such a header seen once in a later ham message counts as strong ham evidence:
+    with 20 messages a class one sighting is a lot, and a spam carrying it scores 0.5.)"""
     received = (f"Received: from client.sender.test (unknown [{CLIENT_IPS['clean']}])\n"
                 f"\tby mx.{DOMAIN} (Postfix) with ESMTP id 4AB12C3D4E5\n"
                 f"\tfor <{user}>; Wed, 25 Nov 2026 12:00:00 +0000 (UTC)\n")
@@ -177,8 +181,12 @@ def train(container: Container, user: str, spam_words: str, ham_words: str) -> N
         folder = f"/root/corpus/{label}"
         for i in range(20):
             container.write(f"{folder}/{i}.eml",
+                            f"Return-Path: <someone@sender.test>\n"
                             f"{received}From: someone@sender.test\nTo: {user}\n"
                             f"Subject: {words.split()[i % 5]} {i}\n"
-                            f"Message-ID: <{label}-{i}@sender.test>\n\n{words}\n{words.upper()}\n")
+                            f"Message-ID: <{label}-{i}@sender.test>\n"
+                            f'Content-Type: text/plain; charset="utf-8"\n'
+                            f"Content-Transfer-Encoding: 7bit\nMIME-Version: 1.0\n\n"
+                            f"{words}\n{words.upper()}\n")
         container.run(["postward", "classifier", "train", "--user", user, "--class", label,
                        folder])

@@ -65,6 +65,10 @@ class System:
         parts = [c.run(["postqueue", "-p"], check=False).stdout]
         for box in ("INBOX", "Spam"):
             parts.append(f"--- {BOB} {box}: {self.mailbox(BOB, box)}")
+        parts.append(c.run(["sh", "-c", f"doveadm fetch -u {BOB} hdr mailbox INBOX | "
+                                  "grep -i -A12 '^x-dspam-factors'; for k in $(redis-cli --scan "
+                                  "--pattern 'postward:cls:m:*'); do echo $k; redis-cli hgetall "
+                                  "$k | tr '\\n' ' '; echo; done"], check=False).stdout)
         parts.append(c.run(["journalctl", "-n", "30", "--no-pager", "-t", "dovecot"],
                            check=False).stdout)
         for unit in (*mailserver.UNITS, "postfix.service", "dovecot.service"):
