@@ -32,6 +32,13 @@ def client(url: str, **settings: Any) -> RespClient:
     return made
 
 
+async def until_in_flight(c: RespClient, n: int) -> None:
+    """Poll until ``n`` commands of ``c`` wait for their replies (sent, none answered)."""
+    async with asyncio.timeout(5):
+        while c._conn is None or len(c._conn.waiters) < n:
+            await asyncio.sleep(0.005)
+
+
 def run(body: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(body())
 
@@ -181,7 +188,7 @@ def test_a_timeout_raises_and_a_cancelled_call_leaves_the_stream_in_step(
         patient = client(redis_server.url, timeout=5)
         first = asyncio.ensure_future(patient.execute("GET", "a"))
         second = asyncio.ensure_future(patient.execute("GET", "b"))
-        await asyncio.sleep(0.05)
+        await until_in_flight(patient, 2)
         first.cancel()
         assert await second == b"B"
         assert await patient.execute("GET", "a") == b"A"
@@ -204,12 +211,12 @@ def test_every_command_in_flight_times_out_and_the_client_recovers(
         await other.execute("CLIENT", "PAUSE", 400, "ALL")
         first = asyncio.ensure_future(c.execute("GET", "a"))
         rest = [asyncio.ensure_future(c.execute("GET", "a")) for _ in range(3)]
-        await asyncio.sleep(0.05)
+        await until_in_flight(c, 4)
         first.cancel()
         for each in rest:
             with pytest.raises(RedisTimeoutError):
                 await each
-        await asyncio.sleep(0.3)  # the pause is over
+        assert await other.execute("PING") == b"PONG"  # answered once the pause is over
         assert await c.execute("GET", "a") == b"A"  # on a new connection
         for each in (c, other):
             await each.close()
