@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import json
 from collections import OrderedDict
 from typing import Any, NamedTuple, Protocol
@@ -23,6 +22,7 @@ from typing import Any, NamedTuple, Protocol
 import pycares
 
 from postward.core.clock import Clock, SystemClock
+from postward.core.config_values import host_port
 from postward.core.logs import get_log
 from postward.core.metrics import Labelled, Metrics
 from postward.core.redis_store import RedisStore, StoreUnavailable
@@ -254,14 +254,10 @@ class CaresTransport:
 
 
 def _is_loopback(nameserver: str) -> bool:
-    """Whether an "IP", "IP:port" or "[IPv6]:port" nameserver is on this host."""
-    host = nameserver.strip()
-    if host.startswith("["):
-        host = host[1:].partition("]")[0]
-    elif host.count(":") == 1:
-        host = host.partition(":")[0]
+    """Whether an "IP", "IP:port" or "[IPv6]:port" nameserver is on this host (parsed as
+    ``[dns] nameservers`` entries are)."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return host_port(53)(nameserver).is_loopback
     except ValueError:
         return False
 
