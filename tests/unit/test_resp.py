@@ -245,3 +245,25 @@ def test_connection_refused_is_a_connection_error(loopback: str) -> None:
         await c.close()
 
     run(body)
+
+
+def test_the_store_gives_the_same_replies_with_and_without_the_fast_client(
+        redis_server: RedisServer) -> None:
+    # RedisStore.command/commands/evalsha take the fast client where the settings allow it and
+    # redis-py otherwise (TLS, Sentinel): callers must not see which.
+    script = Script("return {tonumber(ARGV[1]) + 1, redis.call('GET', KEYS[1])}")
+
+    async def body() -> None:
+        fast = RedisStore.from_settings(RedisSettings(url=redis_server.url, **FAST),
+                                        Metrics("policyd"))
+        slow = RedisStore(redis.asyncio.Redis.from_url(redis_server.url), "", Metrics("dkim"))
+        assert fast.fast is not None and slow.fast is None
+        for store in (fast, slow):
+            await store.commands("t", [("SET", "k1", "v1", "PX", 60_000), ("SET", "k2", "v2")])
+            assert await store.command("t", "MGET", "k1", "k2", "none") == [b"v1", b"v2", None]
+            assert await store.command("t", "GET", "k1") == b"v1"
+            await store.command("t", "SCRIPT", "FLUSH")  # forgotten: loaded again
+            assert await store.evalsha("t", script, ["k2"], [41]) == [42, b"v2"]
+            await store.close()
+
+    run(body)

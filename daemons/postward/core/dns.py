@@ -382,13 +382,8 @@ class Resolver:
     async def _cache_get_many(self, keys: list[tuple[str, str]]) -> list[Answer | None]:
         assert self.store is not None
         redis_keys = [self._cache_key(name, rtype) for name, rtype in keys]
-        fast = self.store.fast
         try:
-            if fast is not None:
-                raws = await self.store.run("dns_cache_get",
-                                            lambda _: fast.execute("MGET", *redis_keys))
-            else:
-                raws = await self.store.run("dns_cache_get", lambda c: c.mget(redis_keys))
+            raws = await self.store.command("dns_cache_get", "MGET", *redis_keys)
         except StoreUnavailable:
             return [None] * len(keys)
         return [None if raw is None else self._decode(name, rtype, raw)
@@ -406,20 +401,10 @@ class Resolver:
         if not entries:
             return
 
-        fast = self.store.fast
-
-        async def write(c: Any) -> Any:
-            if fast is not None:
-                return await fast.pipeline([("SET", key, value, "PX", px)
-                                            for key, value, px in entries])
-            pipe = c.pipeline(transaction=False)
-            for key, value, px in entries:
-                pipe.set(key, value, px=px)
-            return await pipe.execute()
-
         # A cache that cannot be written is only a slower cache: the answers stand.
         with contextlib.suppress(StoreUnavailable):
-            await self.store.run("dns_cache_put", write)
+            await self.store.commands("dns_cache_put", [("SET", key, value, "PX", px)
+                                                        for key, value, px in entries])
 
     async def _lookup(self, name: str, rtype: str) -> Answer:
         cached = await self._cache_get(name, rtype)
@@ -470,12 +455,8 @@ class Resolver:
         if self.store is None:
             return None
         key = self._cache_key(name, rtype)
-        fast = self.store.fast
         try:
-            if fast is not None:
-                raw = await self.store.run("dns_cache_get", lambda _: fast.execute("GET", key))
-            else:
-                raw = await self.store.run("dns_cache_get", lambda c: c.get(key))
+            raw = await self.store.command("dns_cache_get", "GET", key)
         except StoreUnavailable:
             return None
         if raw is None:
@@ -506,13 +487,8 @@ class Resolver:
         value = self._encode(answer, keep)
         # A cache that cannot be written is only a slower cache: the answer stands.
         px = max(1, int(keep * 1000))
-        fast = self.store.fast
         with contextlib.suppress(StoreUnavailable):
-            if fast is not None:
-                await self.store.run("dns_cache_put",
-                                     lambda _: fast.execute("SET", key, value, "PX", px))
-            else:
-                await self.store.run("dns_cache_put", lambda c: c.set(key, value, px=px))
+            await self.store.command("dns_cache_put", "SET", key, value, "PX", px)
 
     async def close(self) -> None:
         await self.transport.close()

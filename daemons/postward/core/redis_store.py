@@ -8,7 +8,7 @@ Reconnects, with exponential backoff, are redis-py's own ``Retry``; Sentinel is 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from postward.core.logs import get_log
 from postward.core.metrics import Labelled, Metrics
-from postward.core.resp import RespClient, fast_client_for
+from postward.core.resp import Arg, RespClient, Script, fast_client_for
 from postward.core.settings import RedisSettings
 
 T = TypeVar("T")
@@ -80,8 +80,9 @@ class RedisStore:
         self.client = client
         self.prefix = prefix
         # The same Redis through postward.core.resp, for hot paths; None where the settings
-        # need redis-py (TLS, Sentinel). Callers pass ``lambda _: store.fast...`` to run().
+        # need redis-py (TLS, Sentinel). command(), commands() and evalsha() pick the client.
         self.fast = fast
+        self._scripts: dict[str, Any] = {}  # redis-py's registered scripts, by SHA1
         self._errors = metrics.counter(
             "redis_errors_total", "Redis commands that failed, by operation and error",
             ["op", "error"])
@@ -106,6 +107,40 @@ class RedisStore:
             self._errors.labels(op, kind).inc()
             log.warning("redis_error", op=op, error=f"{kind}: {e}")
             raise StoreUnavailable(f"{op}: {kind}: {e}") from e
+
+    async def command(self, op: str, *args: Arg) -> Any:
+        """One command, through the fast client where there is one (as ``run``: failures
+        become StoreUnavailable, counted under ``op``)."""
+        fast = self.fast
+        if fast is not None:
+            return await self.run(op, lambda _: fast.execute(*args))
+        return await self.run(op, lambda c: c.execute_command(*args))
+
+    async def commands(self, op: str, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Several commands written together (no transaction), their replies in order."""
+        fast = self.fast
+        if fast is not None:
+            return await self.run(op, lambda _: fast.pipeline(commands))
+
+        async def pipelined(c: aioredis.Redis) -> list[Any]:
+            pipe = c.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        return await self.run(op, pipelined)
+
+    async def evalsha(self, op: str, script: Script, keys: Sequence[Arg],
+                      args: Sequence[Arg]) -> Any:
+        """A Lua script by its SHA1, loaded again if Redis has forgotten it."""
+        fast = self.fast
+        if fast is not None:
+            return await self.run(op, lambda _: fast.evalsha(script, keys, args))
+        registered = self._scripts.get(script.sha)
+        if registered is None:
+            registered = self._scripts[script.sha] = self.client.register_script(
+                script.source)
+        return await self.run(op, lambda c: registered(keys=keys, args=args, client=c))
 
     async def ping(self) -> bool:
         try:

@@ -186,8 +186,7 @@ class Greylister:
         self.settings = settings
         self.lists = lists
         self._hostname = settings.hostname or socket.gethostname()
-        self._script = store.client.register_script(_SCRIPT)  # where store.fast is None
-        self._fast_script = Script(_SCRIPT)
+        self._script = Script(_SCRIPT)
         self._instances: OrderedDict[str, None] = OrderedDict()
         # Parsed client addresses: a client asks once per recipient, and parsing one in
         # ipaddress costs more than the rest of the triplet. Bounded, cleared when full.
@@ -241,13 +240,7 @@ class Greylister:
         # Plain ints: Seconds prints as "5m", and the fast client packs only exact types.
         args = [now, int(s.delay), int(s.retry_window), int(s.max_age),
                 int(s.auto_whitelist_clients), TTL_MARGIN, AWL_INTERVAL]
-        fast = self.store.fast
-        if fast is not None:
-            status, first, listed = await self.store.run(
-                "greylist", lambda _: fast.evalsha(self._fast_script, keys, args))
-        else:
-            status, first, listed = await self.store.run(
-                "greylist", lambda c: self._script(keys=keys, args=args, client=c))
+        status, first, listed = await self.store.evalsha("greylist", self._script, keys, args)
         if listed:
             log.info("greylist_client_auto_whitelisted", client_name=request["client_name"],
                      client_address=str(address), passes=s.auto_whitelist_clients)
