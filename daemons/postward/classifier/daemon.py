@@ -6,9 +6,9 @@ A request is bounded: its header (64 KB), its message (``max_message_size``) and
 daemon goes on. SIGHUP reloads postward.conf (a config with errors is logged, the running one
 kept); SIGTERM closes the socket and finishes the requests in flight.
 
-With ``workers`` above 1, policyd's pre-fork supervisor (``postward.policyd.workers``) binds
-the socket and runs that many copies of the daemon accepting on it, so the CPU-bound part of
-classifying (tokenizing, hashing, the model) uses every core; the models are in Redis.
+With ``workers`` above 1, the pre-fork supervisor policyd uses too (``postward.core.workers``)
+binds the socket and runs that many copies of the daemon accepting on it, so the CPU-bound part
+of classifying (tokenizing, hashing, the model) uses every core; the models are in Redis.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from postward.classifier.store import TokenStore
 from postward.core.logs import get_log
 from postward.core.runtime import Runtime, load_config_or_exit
 from postward.core.service import InFlight, serve
-from postward.policyd.workers import bind_listeners, supervise
+from postward.core.workers import bind_listeners, supervise
 from postward.schema import Config, load_config
 
 log = get_log("classifierd")

@@ -18,6 +18,7 @@ from postward.core.dns import TIMEOUT, Answer, Resolver
 from postward.core.logs import get_log
 from postward.core.runtime import Runtime, load_config_or_exit
 from postward.core.service import InFlight, serve
+from postward.core.workers import bind_listeners, supervise
 from postward.policyd.actions import Actions
 from postward.policyd.ask import ask_policy_server
 from postward.policyd.dnsbl import DnsblMetrics
@@ -26,7 +27,6 @@ from postward.policyd.protocol import Limits, PolicyServer
 from postward.policyd.ratelimit import RedisRates
 from postward.policyd.request_cache import RequestCache
 from postward.policyd.ruleset import Ruleset, load_ruleset
-from postward.policyd.workers import bind_listeners, supervise
 from postward.schema import Config, load_config
 
 log = get_log("policyd")
@@ -180,4 +180,4 @@ def run_daemon(config_path: Path) -> int:
     return supervise(p.workers, bind_listeners(p.listen),
                      lambda socks: run_worker(socks, serve_metrics=False),
                      lambda: load(config_path), m.policyd if m.enabled else None,
-                     loaded.config.logging.level)
+                     loaded.config.logging.level, daemon="policyd")

@@ -1,4 +1,5 @@
-"""Several worker processes on the same listening sockets (pre-fork), so policyd uses every core.
+"""Several worker processes on the same listening sockets (pre-fork), so a daemon uses every
+core (postward-policyd's and postward-classifierd's ``workers``).
 
 The supervisor binds the sockets, forks ``workers`` children that all accept on them, serves
 their metrics summed (prometheus_client's multiprocess mode), forwards SIGHUP (after checking
@@ -24,7 +25,7 @@ from postward.core.config_file import ConfigError
 from postward.core.config_values import HostPort
 from postward.core.logs import configure_logging, get_log
 
-log = get_log("policyd.workers")
+log = get_log("workers")
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 _RESTART_BACKOFF = 1.0
@@ -61,7 +62,7 @@ def supervise(
     check_config: Callable[[], object],
     metrics_address: HostPort | None,
     log_level: str,
-    daemon: str = "policyd",
+    daemon: str,
 ) -> int:
     """Run ``workers`` copies of ``run_worker(listeners)``; returns when told to stop.
     ``daemon`` names the supervisor in its log lines and metrics directory."""
