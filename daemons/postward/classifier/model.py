@@ -30,8 +30,10 @@ Pure functions on counts: the store fetches them, this module decides.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import compress, count, repeat
+from operator import itemgetter, mul
 
 SPAM, INNOCENT, UNSURE = "spam", "innocent", "unsure"
 PAIR_MARK = "~"  # in an OSB pair ("click~1~here") and in no other token
@@ -139,14 +141,25 @@ def combine(probabilities: Sequence[float], weights: Sequence[float] | None = No
         return 0.5
     if weights is None:
         weights = [1.0] * len(probabilities)
-    dof = 2.0 * sum(weights)
+    pairs = list(zip(probabilities, weights, strict=True))
+    return _fisher(2.0 * sum(weights),
+                   [w * _log_floor(1.0 - f) for f, w in pairs],
+                   [w * _log_floor(f) for f, w in pairs])
+
+
+def _log_floor(x: float) -> float:
+    return math.log(max(1e-200, x))
+
+
+def _fisher(dof: float, spam_terms: list[float], ham_terms: list[float]) -> float:
+    """I from the degrees of freedom and each token's ``w ln(1-f)`` and ``w ln f``.
+
+    The terms are summed by sum() in evidence order, as they always were: the same floats,
+    bit for bit, whether classify() or combine() computed them."""
     if dof <= 0.0:
         return 0.5
-    ln_spam = sum(w * math.log(max(1e-200, 1.0 - f))
-                  for f, w in zip(probabilities, weights, strict=True))
-    ln_ham = sum(w * math.log(max(1e-200, f)) for f, w in zip(probabilities, weights, strict=True))
-    q_spam = chi2q(-2.0 * ln_spam, dof)
-    q_ham = chi2q(-2.0 * ln_ham, dof)
+    q_spam = chi2q(-2.0 * sum(spam_terms), dof)
+    q_ham = chi2q(-2.0 * sum(ham_terms), dof)
     return min(1.0, max(0.0, (1.0 + q_ham - q_spam) / 2.0))
 
 
@@ -155,19 +168,53 @@ def token_weight(token: str, settings: ModelSettings) -> float:
     return settings.pair_weight if PAIR_MARK in token else 1.0
 
 
+_UNSEEN = object()
+_NEG_DEVIATION, _LN_NOT_F, _LN_F = itemgetter(0), itemgetter(2), itemgetter(3)
+
+# One count pair's part in a verdict: None when a token with these counts is no evidence,
+# else (-deviation, f, ln(1 - f), ln f), floored as combine() floors them.
+Evidence = tuple[float, float, float, float] | None
+
+
 def classify(tokens: Sequence[str], hits: Sequence[tuple[int, int]], totals: Counts,
-             settings: ModelSettings) -> Verdict:
-    """The verdict for a message whose ``tokens`` have ``hits`` = (spam, ham) counts each."""
-    scored = []
-    for token, (spam_hits, ham_hits) in zip(tokens, hits, strict=True):
-        f = token_probability(spam_hits, ham_hits, totals, settings)
-        deviation = abs(f - 0.5)
-        if deviation >= settings.min_dev and spam_hits + ham_hits > 0:
-            scored.append((deviation, token, f))
-    scored.sort(key=lambda item: (-item[0], item[1]))
+             settings: ModelSettings,
+             memo: dict[tuple[int, int], Evidence] | None = None) -> Verdict:
+    """The verdict for a message whose ``tokens`` have ``hits`` = (spam, ham) counts each.
+
+    What token_probability() and combine() compute, token for token, with the same operations
+    in the same order (so the same floats, bit for bit), but faster: a message's ~400 tokens
+    share ~200 distinct count pairs (most tokens were seen a few times), so each pair's f and
+    logarithms are computed once, and the per-token work is done by C loops (map, zip,
+    compress, sort) rather than Python bytecode. ``memo`` (count pair -> :data:`Evidence`)
+    carries those results from message to message; it is only valid for one ``totals`` and
+    one ``settings``, so its owner keeps one per pair of totals (service.Classifier does)."""
+    if len(tokens) != len(hits):
+        raise ValueError("one count pair per token")
+    if memo is None:
+        memo = {}
+    entries = list(map(memo.get, hits, repeat(_UNSEEN)))
+    if _UNSEEN in entries:
+        unseen = {c for c, e in zip(hits, entries, strict=True) if e is _UNSEEN}
+        _learn_evidence(unseen, totals, settings, memo)
+        entries = list(map(memo.__getitem__, hits))
+    # The evidence, ordered as (-deviation, token) was; the index keeps equal keys in input
+    # order, as the stable sort did, and the sort never reaches the floats after it.
+    kept = list(compress(zip(entries, tokens, count()), entries))
+    if kept:
+        found, names, where = zip(*kept, strict=True)
+        scored = sorted(zip(map(_NEG_DEVIATION, found), names, where, found, strict=True))
+    else:
+        scored = []
     evidence = scored[: settings.max_evidence] if settings.max_evidence > 0 else scored
-    probability = combine([f for _d, _t, f in evidence],
-                          [token_weight(t, settings) for _d, t, _f in evidence])
+    if evidence:
+        pair_weight = settings.pair_weight
+        weights = [pair_weight if PAIR_MARK in t else 1.0 for _d, t, _i, _e in evidence]
+        chosen = [e for _d, _t, _i, e in evidence]
+        probability = _fisher(2.0 * sum(weights),
+                              list(map(mul, weights, map(_LN_NOT_F, chosen))),
+                              list(map(mul, weights, map(_LN_F, chosen))))
+    else:
+        probability = 0.5
     if probability >= settings.spam_cutoff:
         result, edge = SPAM, settings.spam_cutoff
     elif settings.unsure and probability > settings.ham_cutoff:
@@ -175,8 +222,35 @@ def classify(tokens: Sequence[str], hits: Sequence[tuple[int, int]], totals: Cou
     else:
         result, edge = INNOCENT, settings.ham_cutoff if settings.unsure else settings.spam_cutoff
     confidence = _confidence(probability, result, edge)
-    factors = tuple((t, f) for _d, t, f in evidence[: settings.factors])
+    factors = tuple((t, e[1]) for _d, t, _i, e in evidence[: settings.factors])
     return Verdict(result, probability, confidence, factors, len(evidence))
+
+
+def _learn_evidence(pairs: Iterable[tuple[int, int]], totals: Counts, settings: ModelSettings,
+                    memo: dict[tuple[int, int], Evidence]) -> None:
+    """Each count pair's :data:`Evidence` into ``memo``: token_probability() inlined (the
+    same operations in the same order), and combine()'s logarithms."""
+    robs, robx, min_dev = settings.robs, settings.robx, settings.min_dev
+    prior = robs * robx
+    total_spam, total_ham = totals.spam, totals.ham
+    no_totals = total_spam == 0 or total_ham == 0
+    log = math.log
+    for counts in pairs:
+        spam_hits, ham_hits = counts
+        n = spam_hits + ham_hits
+        entry: Evidence = None
+        if n > 0:   # a token never seen is no evidence, whatever its f
+            if no_totals:
+                p = robx
+            else:
+                spam_ratio = spam_hits / total_spam
+                ham_ratio = ham_hits / total_ham
+                p = spam_ratio / (spam_ratio + ham_ratio)
+            f = (prior + n * p) / (robs + n)
+            deviation = abs(f - 0.5)
+            if deviation >= min_dev:
+                entry = (-deviation, f, log(max(1e-200, 1.0 - f)), log(max(1e-200, f)))
+        memo[counts] = entry
 
 
 def _confidence(probability: float, result: str, edge: float) -> float:
