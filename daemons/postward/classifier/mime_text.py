@@ -31,20 +31,10 @@ text as Unicode. The choices behind it, and why:
   us-ascii, latin-1 and windows-1252 the text is tried as UTF-8 first (mislabelled UTF-8 is
   common) and falls back to cp1252. Unknown, malformed and non-text codec names get the same
   fallback, and errors are replaced.
-* **HTML to text with linear regex passes, not ``html.parser``.** On this Python (3.11.2)
-  ``html.parser`` is quadratic on unterminated tags: ``"<a href='x' " * 30000`` (360 KB)
-  took 503 s and ``"<a" * 150000`` took 140 s. It is also slow on ordinary mail (5.5 ms for
-  a 22 KB newsletter). Instead, the markup is lower-cased (the tokenizer lower-cases anyway,
-  and case-insensitive patterns are 2-4x slower) and goes through three whole-string regex
-  passes at C speed. No pattern crosses a ``<`` inside a tag, and the quantifiers are
-  possessive or atomic, so every failed match stops at the next ``<``. Comments and
-  script/style bodies are skipped with ``str.find``/``search``. The result drops comments,
-  ``<script>`` and ``<style>``, keeps alt/title text in place, and collects href/src/action
-  targets for URL tokens. Only block-level tags separate words, so that ``V<b></b>iagra``
-  reads "viagra", as a browser shows it. Entities are decoded with ``html.unescape``; the
-  few that exist only in capitals (``&NewLine;``) stay literal after lower-casing. Quotes
-  inside a tag are not tracked: a ``>`` inside a quoted attribute value ends the tag early
-  (rare, and harmless here).
+* **HTML to text** is ``mime_html``'s work: linear regex passes instead of ``html.parser``,
+  which is quadratic on unterminated tags (its docstring has the details).
+* **The parse** is ``mime_parse.parse_message``: the stdlib ``compat32`` parse, with its own
+  faster path for single-part messages that builds the identical tree.
 """
 
 from __future__ import annotations
@@ -54,12 +44,14 @@ import contextlib
 import email.header
 import email.parser
 import email.policy
-import html
 import re
 from dataclasses import dataclass
 from email.message import Message
 from itertools import islice
 from types import MappingProxyType
+
+from postward.classifier.mime_html import HtmlText, html_to_text
+from postward.classifier.mime_parse import parse_message
 
 __all__ = [
     "Extracted",
@@ -80,6 +72,10 @@ MAX_HEADER_CHARS = 4096
 _MAX_DEFECTS = 20
 
 _TEXT_TYPES = frozenset({"text/plain", "text/html"})
+# The fields that describe a leaf part, and the field count below which reading them from the
+# part itself is as cheap as copying them out (see _part_fields).
+_PART_FIELDS = frozenset({"content-type", "content-transfer-encoding", "content-disposition"})
+_FEW_FIELDS = 4
 
 # A multipart boundary parameter (its value captured) or a message/* container header.
 _CONTAINER = re.compile(
@@ -103,41 +99,6 @@ _CHARSET_ALIASES = MappingProxyType({
     "ms_kanji": "cp932", "big5": "big5hkscs", "tis-620": "cp874", "iso-8859-11": "cp874",
     "unicode-1-1-utf-7": "utf-7",
 })
-
-# HTML scanning, on lower-cased markup (case-insensitive patterns are 2-4x slower). No pattern
-# crosses a "<" inside a tag and the quantifiers are possessive or atomic, so a failed match
-# costs at most the distance to the next "<" (see the module docstring).
-_TAG = re.compile(r"<(?:(/?+)([a-z][a-z0-9:-]*+)([^<>]*+)|[!?/][^<>]*+)>")
-_SHOWN_ATTR = re.compile(r"""\b(?:alt|title)\s*+=\s*+(?:"([^"]*+)"|'([^']*+)'|([^\s"'>]++))""")
-_URL_ATTR = re.compile(
-    r"""<[a-z](?>[^<>]*?\b(?:href|src|action)\s*+=\s*+"""
-    r"""(?:"([^"<>]*+)"|'([^'<>]*+)'|([^\s"'<>]++)))"""
-)
-# Tags whose mere presence is worth a token (images, forms, active content).
-_NOTABLE_TAG = re.compile(r"<(img|form|input|script|iframe|object|embed|base)\b")
-_DROP_START = re.compile(r"<(script|style)\b[^<>]*+>")
-_DROP_END = MappingProxyType({
-    "script": re.compile(r"</script\s*+>"),
-    "style": re.compile(r"</style\s*+>"),
-})
-# Tags that separate words on screen; all others (b, span, font, a, ...) join their sides.
-_BLOCK_TAGS = frozenset({
-    "address", "area", "article", "aside", "blockquote", "body", "br", "caption", "center",
-    "dd", "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2",
-    "h3", "h4", "h5", "h6", "head", "header", "hr", "html", "img", "input", "li", "main",
-    "nav", "ol", "option", "p", "pre", "section", "select", "table", "tbody", "td", "textarea",
-    "tfoot", "th", "thead", "title", "tr", "ul",
-})
-
-
-@dataclass(frozen=True, slots=True)
-class HtmlText:
-    """What a reader sees in an HTML body, plus where its links and images point."""
-
-    text: str
-    urls: tuple[str, ...]
-    tags: tuple[str, ...]  # notable tags present, first occurrence first
-
 
 @dataclass(frozen=True, slots=True)
 class Part:
@@ -177,7 +138,7 @@ def extract(
     data, truncated = _bounded_input(bytes(message), max_message_bytes, max_parts, max_depth)
     data = _mend_header_names(data)
     try:
-        root = email.message_from_bytes(data, policy=email.policy.compat32)
+        root = parse_message(data)
         return _from_tree(root, truncated, max_part_bytes, max_parts, max_depth)
     except Exception:  # the parser or the walk gave up: read the body as one text part
         return _fallback(data, truncated, max_part_bytes)
@@ -304,11 +265,12 @@ def _leaf(node: Message, payload: object, max_part_bytes: int) -> Part | None:
     """Describe one leaf part, decoding its text if it is text. None if the part is beyond
     repair (any exception while reading it)."""
     try:
-        ctype = node.get_content_type()
-        charset = node.get_content_charset()
-        encoding = _header_str(node.get("content-transfer-encoding"))
-        filename = node.get_filename()
-        attachment = filename is not None or node.get_content_disposition() == "attachment"
+        fields = _part_fields(node)
+        ctype = fields.get_content_type()
+        charset = fields.get_content_charset()
+        encoding = _header_str(fields.get("content-transfer-encoding"))
+        filename = fields.get_filename()
+        attachment = filename is not None or fields.get_content_disposition() == "attachment"
         if ctype not in _TEXT_TYPES and not ctype.startswith("multipart/"):
             return Part(ctype, charset, encoding, filename, attachment)
         # A multipart without a usable boundary is read as text: its content is still there.
@@ -322,6 +284,20 @@ def _leaf(node: Message, payload: object, max_part_bytes: int) -> Part | None:
         return Part(ctype, charset, encoding, filename, attachment, text)
     except Exception:
         return None
+
+
+def _part_fields(node: Message) -> Message:
+    """``node`` reduced to the fields that ``_leaf`` reads, in their order and with its
+    default type: the getters answer the same, for they read only these fields. Each getter
+    scans every field (``get_param`` twice), and a top-level part has dozens of them."""
+    if len(node) <= _FEW_FIELDS:
+        return node
+    fields = Message(policy=node.policy)
+    for name, value in node.raw_items():
+        if name.lower() in _PART_FIELDS:
+            fields.set_raw(name, value)
+    fields.set_default_type(node.get_default_type())
+    return fields
 
 
 def _header_str(value: object) -> str | None:
@@ -417,67 +393,6 @@ def _decoded_chunk(chunk: bytes | str, charset: str | None) -> str:
     if charset is None:  # decode_header gives unencoded text as raw-unicode-escape bytes
         return chunk.decode("raw-unicode-escape", "replace")
     return bytes_to_text(chunk, charset)
-
-
-def html_to_text(markup: str) -> HtmlText:
-    """What a reader sees in an HTML body, lower-cased, and its link/image/form targets, in
-    linear time. Three whole-string regex passes: URLs, notable tags, and one ``sub`` that
-    turns each tag into nothing, a space or its alt/title text."""
-    markup = _drop_scripts(_strip_comments(markup.lower()))
-    if "<" not in markup:
-        return HtmlText(html.unescape(markup), (), ())
-    urls = tuple(html.unescape(a or b or c) for a, b, c in _URL_ATTR.findall(markup))
-    tags = tuple(dict.fromkeys(_NOTABLE_TAG.findall(markup)))
-    return HtmlText(html.unescape(_TAG.sub(_tag_text, markup)), urls, tags)
-
-
-def _tag_text(match: re.Match[str]) -> str:
-    """What a tag shows: its alt/title text, a space for a block tag, else nothing."""
-    name = match.group(2)
-    if name is None:  # <!doctype>, <?xml?>, </ junk>
-        return ""
-    attrs = match.group(3)
-    if attrs and not match.group(1) and ("alt" in attrs or "title" in attrs):
-        shown = [a or b or c for a, b, c in _SHOWN_ATTR.findall(attrs)]
-        if shown:
-            return f" {' '.join(shown)} "
-    return " " if name in _BLOCK_TAGS else ""
-
-
-def _drop_scripts(markup: str) -> str:
-    """Remove script and style elements (an unclosed one hides the rest, as in a browser).
-    ``<script>`` itself is kept for the notable-tag token."""
-    if "<s" not in markup:
-        return markup
-    kept: list[str] = []
-    pos = 0
-    while (start := _DROP_START.search(markup, pos)) is not None:
-        kept.append(markup[pos : start.end()])
-        close = _DROP_END[start.group(1).lower()].search(markup, start.end())
-        if close is None:
-            return "".join(kept)
-        pos = close.end()
-    kept.append(markup[pos:])
-    return "".join(kept)
-
-
-def _strip_comments(markup: str) -> str:
-    """Drop ``<!-- ... -->`` (an unclosed comment hides the rest, as in a browser); linear."""
-    if "<!--" not in markup:
-        return markup
-    kept: list[str] = []
-    pos = 0
-    while True:
-        start = markup.find("<!--", pos)
-        if start < 0:
-            kept.append(markup[pos:])
-            break
-        kept.append(markup[pos:start])
-        stop = markup.find("-->", start + 4)
-        if stop < 0:
-            break
-        pos = stop + 3
-    return "".join(kept)
 
 
 def _fallback(data: bytes, truncated: bool, max_part_bytes: int) -> Extracted:

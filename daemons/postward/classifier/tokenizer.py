@@ -3,7 +3,8 @@
 ``tokenize(message, settings)`` returns the message's distinct tokens as strings, in a fixed
 order, at most ``settings.max_tokens`` of them. The same bytes always give the same list.
 ``mime_text`` does the MIME work (bounded parse, decoding, charsets, HTML to text). This
-module turns its output into tokens. The choices, and why:
+module turns its output into tokens, with ``tok_words`` (words and OSB pairs) and
+``tok_hosts`` (URLs, hosts, registrable domains) for the inner loops. The choices, and why:
 
 * **Order = priority.** Tokens are produced in this order: header tokens, structure tokens,
   URL and punctuation tokens of every text part, then the words and OSB pairs of each text
@@ -72,17 +73,29 @@ module turns its output into tokens. The choices, and why:
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import islice, repeat
-from operator import add
-from types import MappingProxyType
+from itertools import islice
 
 from postward.classifier.mime_text import Extracted, Part, extract, header_text
+from postward.classifier.tok_hosts import (
+    NUMERIC_HOST,
+    domain_tokens,
+    host_tokens,
+    registrable_domain,
+    take_urls,
+    url_tokens,
+)
+from postward.classifier.tok_words import add_osb, full, normalize, split_words
 
-__all__ = ["DEFAULT_HEADERS", "DEFAULT_IGNORE_HEADERS", "TokenizerSettings", "tokenize"]
+__all__ = [
+    "DEFAULT_HEADERS",
+    "DEFAULT_IGNORE_HEADERS",
+    "TokenizerSettings",
+    "registrable_domain",
+    "tokenize",
+]
 
 DEFAULT_HEADERS = (
     "subject", "from", "to", "reply-to", "return-path", "content-type", "received",
@@ -154,29 +167,14 @@ class TokenizerSettings:
 
 _DEFAULTS = TokenizerSettings()
 
-_CHUNK = 2048  # words per OSB batch; the token cap is checked between batches
-_PIECE = 16_384  # characters of a text split into words at a time (same reason)
+_PIECE = 16_384  # characters split into words at a time; the cap is checked between pieces
 _MAX_SAME_HEADER = 10
 _ADDRESS_HEADERS = frozenset({"from", "reply-to", "return-path", "sender"})
 
-_WORD = re.compile(r"\w+")  # "_" is replaced by a space first: [^\W_]+ is slower
-# For ASCII text the same words come from str.translate + str.split: every ASCII character
-# that is not a letter or digit becomes a space.
-_ASCII_SEPARATORS = MappingProxyType(
-    {i: " " for i in range(128) if not chr(i).isalnum()}
-)
-# Han, kana and CJK compatibility ideographs: written without spaces, one word per character.
-_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
-_CJK = re.compile(f"[{_CJK_CHARS}]")
-# Each Han/kana character alone, other words whole. 5x faster than spacing the CJK characters
-# out with re.sub, but 3x slower than \w+ on other scripts, so used only when CJK is present.
-_WORD_OR_CJK = re.compile(f"[{_CJK_CHARS}]|[^\\W_{_CJK_CHARS}]+")
-_URL = re.compile(
-    r"""(?:\b(?:https?|ftps?)://(?:[^\s/?#<>"'@]{0,256}@)?|\b(?=www\.))"""
-    r"""(\[[0-9a-f:.]{1,64}\]|[\w.-]{1,255})[^\s<>"']*"""
-)
-_NUMERIC_HOST = re.compile(r"(?:0x[0-9a-f]+|\d+)(?:\.(?:0x[0-9a-f]+|\d+)){0,3}\.?")
-_PUNCT = re.compile(r"([!?$*€£¥])\1+|([$€£¥])(?=\s?\d)")
+# A run of one sign (2 or more long), or a single currency sign before a number. It starts
+# with a character class so that the regex engine skips ahead to the next sign at C speed; a
+# pattern starting with an alternation tries a full match at every position (10x slower).
+_PUNCT = re.compile(r"([!?$*€£¥])(?:(\1++)|(?<=[$€£¥])(?=\s?\d))")
 _PUNCT_HINTS = ("!!", "??", "**", "$", "€", "£", "¥")
 _ADDRESS_DOMAIN = re.compile(r"@([\w-]+(?:\.[\w-]+)+)")
 _RECEIVED_HOSTS = re.compile(r"^\s*from\s+([\w.-]+)(?:\s+\(([\w.-]+))?", re.IGNORECASE)
@@ -185,16 +183,6 @@ _MSGID_DOMAIN = re.compile(r"@\[?([\w.-]+)")
 _SAFE_VALUE = re.compile(r"[\w.+-]{1,40}")
 _MIME_TYPE = re.compile(r"[\w.+-]{1,40}/[\w.+-]{1,60}")
 _EXTENSION = re.compile(r"[^\W_]{1,10}")
-
-# Two-level public suffixes under which the registrable domain has three labels.
-_TWO_LEVEL_SUFFIXES = frozenset({
-    "co.uk", "org.uk", "ac.uk", "gov.uk", "me.uk", "ltd.uk", "plc.uk", "net.uk", "sch.uk",
-    "com.au", "net.au", "org.au", "edu.au", "gov.au", "co.nz", "net.nz", "org.nz",
-    "co.jp", "ne.jp", "or.jp", "ac.jp", "go.jp", "co.kr", "or.kr", "co.in", "net.in",
-    "org.in", "co.za", "co.id", "co.il", "co.th", "com.br", "net.br", "org.br", "com.cn",
-    "net.cn", "org.cn", "gov.cn", "com.tw", "com.hk", "com.sg", "com.my", "com.mx", "com.ar",
-    "com.tr", "com.ua", "com.pl", "com.ru", "com.vn", "com.ph", "com.pk", "com.ng", "com.eg",
-})
 
 
 def tokenize(message: bytes, settings: TokenizerSettings = _DEFAULTS) -> list[str]:
@@ -227,11 +215,11 @@ def _add_text(out: list[str], text: str, settings: TokenizerSettings) -> None:
     window, limit = settings.osb_window, settings.max_tokens
     carry: list[str] = []
     for piece in _pieces(text):
-        if _full(out, limit):
+        if full(out, limit):
             return
-        words, skipped = _words(piece, settings)
+        words, skipped = split_words(piece, settings.min_length, settings.max_length)
         out += skipped
-        _add_osb(out, carry + words, window, limit)
+        add_osb(out, carry + words, window, limit)
         carry = (carry + words)[1 - window :] if window > 1 else []
 
 
@@ -247,136 +235,44 @@ def _pieces(text: str) -> Iterator[str]:
         start = stop
 
 
-def _full(out: list[str], limit: int) -> bool:
-    """Whether ``out`` holds ``limit`` distinct tokens. Tokens are collected in a plain list
-    (one hash insert per token, at the end); this deduplicates in place only when the list
-    is long enough to possibly reach the cap."""
-    if len(out) < limit:
-        return False
-    out[:] = dict.fromkeys(out)
-    return len(out) >= limit
-
-
-def _normalize(text: str) -> str:
-    return unicodedata.normalize("NFKC", text).lower()
-
-
-def _words(text: str, settings: TokenizerSettings) -> tuple[list[str], list[str]]:
-    """The kept words of normalized ``text`` and the skip tokens of the overlong ones."""
-    if text.isascii():  # the common case: C-level split, 4-5x faster than the regex
-        found = text.translate(_ASCII_SEPARATORS).split()
-        has_cjk = False
-    elif _CJK.search(text) is not None:
-        found = _WORD_OR_CJK.findall(text)
-        has_cjk = True
-    else:
-        found = _WORD.findall(text.replace("_", " ") if "_" in text else text)
-        has_cjk = False
-    low, high = settings.min_length, settings.max_length
-    if has_cjk and low > 1:  # a lone character from U+3040 on is a CJK word (or Hangul, Yi..)
-        words = [w for w in found if low <= len(w) <= high or (len(w) == 1 and w >= "\u3040")]
-    else:
-        words = [w for w in found if low <= len(w) <= high]
-    skipped = [f"skip:{w[0]}:{len(w) // 10 * 10}" for w in found if len(w) > high]
-    return words, skipped
-
-
-def _add_osb(out: list[str], words: list[str], window: int, limit: int,
-             prefix: str = "") -> None:
-    """Unigrams and distance-tagged pairs, a chunk at a time until ``limit`` is reached.
-    The pairs are built by ``map(operator.add, ...)``: no Python-level loop per token."""
-    if prefix:
-        words = [prefix + w for w in words]
-    separators = [f"~{j}~" for j in range(1, window)]
-    cut = len(prefix)
-    for start in range(0, len(words), _CHUNK):
-        stop = start + _CHUNK
-        chunk = words[start:stop]
-        out += chunk
-        for j, sep in enumerate(separators, 1):
-            right = words[start + j : stop + j]
-            if cut:
-                right = [w[cut:] for w in right]
-            out += map(add, map(add, chunk, repeat(sep)), right)
-        if _full(out, limit):
-            return
-
-
 def _prepare_text(part: Part, out: list[str], scrub: re.Pattern[str] | None = None) -> str:
     """Normalize a part's text (and remove ``scrub`` matches); add its URL and punctuation
     tokens to ``out``; return the text with the URLs taken out (their words are noise)."""
-    text = _normalize(part.text or "")
+    text = normalize(part.text or "")
     if scrub is not None:
         text = scrub.sub(" ", text)
     if part.urls:
-        out += _url_tokens(_normalize(" ".join(part.urls)))
+        out += url_tokens(normalize(" ".join(part.urls)))
     if "://" in text or "www." in text:
-        text, hosts = _take_urls(text)
-        out += _host_tokens(hosts)
+        text, hosts = take_urls(text)
+        out += host_tokens(hosts)
     out += _punct_tokens(text)
     return text
-
-
-def _take_urls(text: str) -> tuple[str, list[str]]:
-    """``text`` with its URLs replaced by spaces, and their hosts (one regex pass)."""
-    hosts: list[str] = []
-
-    def take(match: re.Match[str]) -> str:
-        hosts.append(match.group(1))
-        return " "
-
-    return _URL.sub(take, text), hosts
-
-
-def _url_tokens(text: str) -> list[str]:
-    return _host_tokens(m.group(1) for m in _URL.finditer(text))
-
-
-def _host_tokens(hosts: Iterable[str]) -> list[str]:
-    tokens: list[str] = []
-    for raw in hosts:
-        host = raw.strip(".-")
-        if not host:
-            continue
-        if host.startswith("[") or _NUMERIC_HOST.fullmatch(host):
-            tokens += ("url:ip", f"url:{host}")
-        else:
-            tokens += (f"url:{host}", f"url:{registrable_domain(host)}")
-    return tokens
-
-
-def registrable_domain(host: str) -> str:
-    """The last two labels of ``host``, or three under a known two-level public suffix."""
-    labels = host.rsplit(".", 3)
-    if len(labels) <= 2:
-        return host
-    last_two = ".".join(labels[-2:])
-    return ".".join(labels[-3:]) if last_two in _TWO_LEVEL_SUFFIXES else last_two
 
 
 def _punct_tokens(text: str) -> list[str]:
     if not any(hint in text for hint in _PUNCT_HINTS):  # substring tests beat a regex scan
         return []
-    tokens = []
-    for match in _PUNCT.finditer(text):
-        if match.group(2):
-            tokens.append(f"money:{match.group(2)}")
-        else:
-            run = match.group(0)
-            tokens.append(f"punct:{run[:2]}" if len(run) == 2 else f"punct:{run[:3]}")
-    return tokens
+    return [f"punct:{sign * min(len(run) + 1, 3)}" if run else f"money:{sign}"
+            for sign, run in _PUNCT.findall(text)]
 
 
 def _header_tokens(headers: Iterable[tuple[str, str]], settings: TokenizerSettings) -> list[str]:
-    """Tokens of the wanted top-level header fields, at most 10 fields of one name."""
+    """Tokens of the wanted top-level header fields, at most 10 fields of one name. (The
+    ``wants_header`` test is inlined: a message has dozens of fields, most not wanted.)"""
     out: list[str] = []
     seen: dict[str, int] = {}
+    wanted = settings._header_names
+    every = "*" in wanted
+    exact, prefixes = settings._ignored
     for name, raw in headers:
-        if not settings.wants_header(name):
+        if not (every or name in wanted) or name in exact or name.startswith(prefixes):
             continue
         seen[name] = count = seen.get(name, 0) + 1
         if count <= _MAX_SAME_HEADER:
-            out += _one_header(name, _normalize(header_text(raw)), settings)
+            text = header_text(raw)
+            out += _one_header(name, text.lower() if text.isascii() else normalize(text),
+                               settings)
     return out
 
 
@@ -391,25 +287,16 @@ def _one_header(name: str, value: str, settings: TokenizerSettings) -> list[str]
     if name == "content-type":
         ctype = value.split(";", 1)[0].strip()
         return [f"content-type:{ctype if _MIME_TYPE.fullmatch(ctype) else 'invalid'}"]
-    words, skipped = _words(value, settings)
+    words, skipped = split_words(value, settings.min_length, settings.max_length)
     prefix = f"{name}:"
     out = [prefix + s for s in skipped]
     if name == "subject":
-        _add_osb(out, words, settings.osb_window, settings.max_tokens, prefix)
+        add_osb(out, words, settings.osb_window, settings.max_tokens, prefix)
     else:
-        out += [prefix + w for w in words]
+        out += map(prefix.__add__, words)
     if name in _ADDRESS_HEADERS:
-        out += _domain_tokens(f"{name}:domain:", _ADDRESS_DOMAIN.findall(value))
+        out += domain_tokens(f"{name}:domain:", _ADDRESS_DOMAIN.findall(value))
     return out
-
-
-def _domain_tokens(prefix: str, domains: Iterable[str]) -> list[str]:
-    tokens = []
-    for domain in domains:
-        domain = domain.strip(".-")
-        if domain:
-            tokens += (prefix + domain, prefix + registrable_domain(domain))
-    return tokens
 
 
 def _received_tokens(value: str) -> list[str]:
@@ -417,19 +304,19 @@ def _received_tokens(value: str) -> list[str]:
     tokens: list[str] = []
     hosts = _RECEIVED_HOSTS.match(value)
     if hosts:
-        names = [h.strip(".-") for h in hosts.groups() if h]
-        for host in (h for h in names if h):
-            tokens.append(f"received:{host}")
-            if not _NUMERIC_HOST.fullmatch(host):
-                tokens.append(f"received:domain:{registrable_domain(host)}")
+        for host in hosts.groups():
+            if host and (host := host.strip(".-")):
+                tokens.append("received:" + host)
+                if not NUMERIC_HOST.fullmatch(host):
+                    tokens.append("received:domain:" + registrable_domain(host))
     address = _RECEIVED_IP.search(value)
     if address:
         ip = address.group(1)
-        octets = ip.split(".")
         if ":" in ip:
             tokens.append("received:ipv6")
-        elif len(octets) == 4 and all(o.isdigit() for o in octets):
-            tokens += (f"received:ip:{'.'.join(octets[:3])}", f"received:ip:{'.'.join(octets[:2])}")
+        elif ip.count(".") == 3 and all(octet.isdigit() for octet in ip.split(".")):
+            classes = ip.rsplit(".", 2)
+            tokens += ("received:ip:" + ip.rpartition(".")[0], "received:ip:" + classes[0])
     return tokens
 
 
