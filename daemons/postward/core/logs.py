@@ -55,12 +55,7 @@ class KvFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         kv: dict[str, Any] = getattr(record, "kv", {})
         if not (record.exc_info or _HEAD_KEYS.intersection(kv)):
-            # The usual line, built without the intermediate dict (policyd writes one per
-            # greylisting decision). Same text as the general path below.
-            parts = [f"level={_quote(record.levelname.lower())}", self._daemon_part,
-                     f"event={_quote(record.getMessage())}"]
-            _append_fields(parts, kv)
-            return " ".join(parts)
+            return self.plain_line(record.levelname, record.getMessage(), kv)
         fields: dict[str, Any] = {"level": record.levelname.lower(), "daemon": self.daemon,
                                   "event": record.getMessage()}
         fields.update(kv)
@@ -69,6 +64,58 @@ class KvFormatter(logging.Formatter):
             fields.setdefault("error", f"{type(exc).__name__}: {exc}")
             fields["traceback"] = self.formatException(record.exc_info)
         return format_fields(fields)
+
+    def plain_line(self, levelname: str, event: str, kv: dict[str, Any]) -> str:
+        """The usual line (no traceback, no field named like a head key), built without the
+        intermediate dict (policyd writes one per greylisting decision). Same text as the
+        general path of :meth:`format`."""
+        parts = [f"level={_quote(levelname.lower())}", self._daemon_part, f"event={_quote(event)}"]
+        _append_fields(parts, kv)
+        return " ".join(parts)
+
+
+class _KvHandler(logging.StreamHandler[TextIO]):
+    """The handler configure_logging installs. :class:`Log` writes to it directly when it is
+    the only place a line can go (see :func:`_sole_handler`)."""
+
+    formatter: KvFormatter
+
+    def write_plain(self, levelname: str, event: str, fields: dict[str, Any]) -> None:
+        """What ``handle(record)`` would write for such a record, without making the record:
+        a LogRecord and the walk through Logger.handle, the filters and emit cost twice what
+        formatting and writing the line do, and policyd logs a line per greylisting
+        decision."""
+        line = self.formatter.plain_line(levelname, event, fields) + self.terminator
+        self.acquire()
+        try:
+            self.stream.write(line)
+            self.stream.flush()
+        finally:
+            self.release()
+
+
+def _sole_handler(logger: logging.Logger, level: int) -> _KvHandler | None:
+    """configure_logging's handler if a record of ``level`` from ``logger`` would go to it and
+    nowhere else, with no filter on the way; else None (the record path then decides)."""
+    if logger.disabled:
+        return None
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters:
+            return None
+        if node.handlers:
+            handlers = node.handlers
+            if len(handlers) != 1 or node.propagate:
+                return None
+            handler = handlers[0]
+            if type(handler) is not _KvHandler or handler.filters or level < handler.level \
+                    or type(handler.formatter) is not KvFormatter:
+                return None
+            return handler
+        if not node.propagate:
+            return None
+        node = node.parent
+    return None
 
 
 class Log:
@@ -80,14 +127,26 @@ class Log:
     def _log(self, level: int, event: str, fields: dict[str, Any], exc_info: bool = False) -> None:
         logger = self._logger
         if logger.isEnabledFor(level):
+            if not exc_info and not _HEAD_KEYS.intersection(fields):
+                handler = _sole_handler(logger, level)
+                if handler is not None:
+                    try:
+                        handler.write_plain(logging.getLevelName(level), event, fields)
+                    except Exception:
+                        # As StreamHandler.emit does with a failed write: reported, not raised.
+                        handler.handleError(self._record(level, event, fields, False))
+                    return
             # makeRecord + handle is what Logger.log does, less findCaller: its walk up the
             # stack for the caller's file and line (which would name this very function, and
             # which no postward line shows) was a fifth of the cost of the line policyd
             # writes per greylisting decision.
-            record = logger.makeRecord(logger.name, level, "(unknown file)", 0, event, (),
-                                       sys.exc_info() if exc_info else None,
-                                       extra={"kv": fields})
-            logger.handle(record)
+            logger.handle(self._record(level, event, fields, exc_info))
+
+    def _record(self, level: int, event: str, fields: dict[str, Any],
+                exc_info: bool) -> logging.LogRecord:
+        logger = self._logger
+        return logger.makeRecord(logger.name, level, "(unknown file)", 0, event, (),
+                                 sys.exc_info() if exc_info else None, extra={"kv": fields})
 
     def debug(self, event: str, **fields: Any) -> None:
         self._log(logging.DEBUG, event, fields)
@@ -115,7 +174,7 @@ def configure_logging(daemon: str, level: str = "info", stream: TextIO | None = 
     root = logging.getLogger(_ROOT)
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _KvHandler(stream or sys.stderr)
     handler.setFormatter(KvFormatter(daemon))
     root.addHandler(handler)
     root.setLevel(level.upper())
