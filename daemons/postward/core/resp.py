@@ -194,7 +194,16 @@ class RespClient:
         failures = 0
         while True:
             try:
-                return await self._once(packed)
+                conn = self._conn
+                if conn is None or conn.lost is not None \
+                        or conn.loop is not asyncio.get_running_loop():
+                    conn = await self._connection()
+                # An open connection used directly, not through _connection(): this is the
+                # hot path, and each coroutine frame on it costs.
+                reply = await conn.send(packed)  # the connection enforces the timeout
+                if isinstance(reply, ResponseError):
+                    raise _specific(reply)
+                return reply
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 if failures >= self.retries:
                     raise
@@ -223,13 +232,6 @@ class RespClient:
                 if isinstance(reply, ResponseError):
                     raise _specific(reply)
         return replies
-
-    async def _once(self, packed: bytes) -> Any:
-        conn = await self._connection()
-        reply = await conn.send(packed)  # the connection enforces the timeout
-        if isinstance(reply, ResponseError):
-            raise _specific(reply)
-        return reply
 
     async def _connection(self) -> _Connection:
         conn = self._conn
