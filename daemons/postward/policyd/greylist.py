@@ -183,10 +183,8 @@ class Greylister:
                  clock: Clock, metrics: Metrics) -> None:
         self.store = store
         self.clock = clock
-        self.settings = settings
-        self.lists = lists
-        self._hostname = settings.hostname or socket.gethostname()
         self._script = Script(_SCRIPT)
+        self.reconfigure(settings, lists)
         self._instances: OrderedDict[str, None] = OrderedDict()
         # Parsed client addresses: a client asks once per recipient, and parsing one in
         # ipaddress costs more than the rest of the triplet. Bounded, cleared when full.
@@ -201,6 +199,11 @@ class Greylister:
         self.settings = settings
         self.lists = lists
         self._hostname = settings.hostname or socket.gethostname()
+        # The script's arguments after ``now``, made once. Plain ints: Seconds prints as
+        # "5m", and the fast client packs only exact types.
+        s = settings
+        self._args = (int(s.delay), int(s.retry_window), int(s.max_age),
+                      int(s.auto_whitelist_clients), TTL_MARGIN, AWL_INTERVAL)
 
     async def check(self, request: Mapping[str, str]) -> GreylistResult:
         """postgrey's answer to this policy request. Raises StoreUnavailable if Redis fails."""
@@ -237,10 +240,8 @@ class Greylister:
             "utf-8", "surrogateescape")).hexdigest()[:32]
         keys = [self.store.key("grey", "triplet", digest),
                 self.store.key("grey", "client", str(address))]
-        # Plain ints: Seconds prints as "5m", and the fast client packs only exact types.
-        args = [now, int(s.delay), int(s.retry_window), int(s.max_age),
-                int(s.auto_whitelist_clients), TTL_MARGIN, AWL_INTERVAL]
-        status, first, listed = await self.store.evalsha("greylist", self._script, keys, args)
+        status, first, listed = await self.store.evalsha("greylist", self._script, keys,
+                                                         (now, *self._args))
         if listed:
             log.info("greylist_client_auto_whitelisted", client_name=request["client_name"],
                      client_address=str(address), passes=s.auto_whitelist_clients)

@@ -89,27 +89,53 @@ class _RequestReader:
             raise _TooManyLines
 
 
-class _IdleWatch:
-    """The idle timeout of one connection without a timer per request: one timer, moved on
-    only when it fires, cancels the handler if it has waited for a request for ``idle``
-    seconds. (asyncio.timeout per request made and cancelled a timer each time, a sixth of
-    the CPU of a request answered from the cache.)"""
+class _Watch:
+    """The idle timeout and the request budget of one connection without a timer per request:
+    one timer, moved on only when it fires, cancels the handler if it has waited ``idle``
+    seconds for a request, or spent ``budget`` seconds on a decision. (asyncio.timeout per
+    request made and cancelled a timer each time: a sixth of the CPU of a request answered
+    from the cache, and 4-9 µs of every greylisting decision here.)"""
 
-    def __init__(self, idle: float) -> None:
+    def __init__(self, idle: float, budget: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         self.idle = idle
+        self.budget = budget
         self.waiting_since: float | None = None  # None: not waiting for a request
-        self.expired = False
-        self._timer = self.loop.call_later(idle, self._check)
+        self.deciding_since: float | None = None  # None: no decision under way
+        self.expired = False  # the idle timeout cancelled the handler
+        self.over_budget = False  # the budget cancelled the handler
+        self._timer = self.loop.call_later(self._period(), self._check)
+
+    def _period(self) -> float:
+        # The timer never waits longer than either limit: a wait or a decision starting just
+        # after it was set must still end on time.
+        return min(self.idle, self.budget)
+
+    def configure(self, idle: float, budget: float) -> None:
+        """New limits (a reload may change them): the timer is set again if they did."""
+        if idle != self.idle or budget != self.budget:
+            self.idle, self.budget = idle, budget
+            self._timer.cancel()
+            self._timer = self.loop.call_later(self._period(), self._check)
 
     def _check(self) -> None:
-        since = self.waiting_since
-        remaining = self.idle if since is None else since + self.idle - self.loop.time()
+        now = self.loop.time()
+        if self.waiting_since is not None:
+            remaining = self.waiting_since + self.idle - now
+        elif self.deciding_since is not None:
+            remaining = self.deciding_since + self.budget - now
+        else:
+            remaining = self._period()
         if remaining > 0:
-            self._timer = self.loop.call_later(remaining, self._check)
+            # No later than one period: a wait or a decision may start meanwhile.
+            self._timer = self.loop.call_later(min(remaining, self._period()), self._check)
         elif self.task is not None:
-            self.expired = True
+            if self.waiting_since is not None:
+                self.expired = True  # the connection ends: no timer any more
+            else:
+                self.over_budget = True  # the connection goes on, and so does the timer
+                self._timer = self.loop.call_later(self._period(), self._check)
             self.task.cancel()
 
     def stop(self) -> None:
@@ -156,7 +182,7 @@ class PolicyServer:
         self._connections.inc()
         requests = _RequestReader(reader, self.limits.max_line_length,
                                   self.limits.max_attributes)
-        watch = _IdleWatch(self.limits.idle_timeout)
+        watch = _Watch(self.limits.idle_timeout, self.limits.request_budget)
         try:
             while True:
                 attrs = await self._read_request(requests, peer, watch)
@@ -165,8 +191,12 @@ class PolicyServer:
                 if not attrs:
                     continue  # a stray empty line
                 async with self.inflight.track():
-                    action = await self.answer(attrs)
+                    start = self.clock.monotonic()
+                    action, rule = await self._decide(attrs, watch)
+                    elapsed = self.clock.monotonic() - start
                     writer.write(f"action={action}\n\n".encode("utf-8", "surrogateescape"))
+                    # Counted once the answer is on its way: off the client's wait.
+                    self._account(attrs, action, rule, elapsed)
                     await writer.drain()
         except _Disconnect:
             pass
@@ -178,10 +208,10 @@ class PolicyServer:
             writer.close()
 
     async def _read_request(self, requests: _RequestReader, peer: object,
-                            watch: _IdleWatch) -> dict[str, str] | None:
+                            watch: _Watch) -> dict[str, str] | None:
         """The next request's attributes; None at a clean end of the connection."""
         # One deadline for the whole request, from the moment we wait for it.
-        watch.idle = self.limits.idle_timeout  # a reload may have changed it
+        watch.configure(self.limits.idle_timeout, self.limits.request_budget)
         watch.waiting_since = watch.loop.time()
         try:
             block = await requests.next()
@@ -219,8 +249,17 @@ class PolicyServer:
         raise _Disconnect
 
     async def answer(self, attrs: dict[str, str]) -> str:
+        """The answer to one request, counted in the metrics."""
         start = self.clock.monotonic()
-        state = attrs.get("protocol_state", "").upper()[:20] or "NONE"
+        action, rule = await self._decide(attrs)
+        self._account(attrs, action, rule, self.clock.monotonic() - start)
+        return action
+
+    async def _decide(self, attrs: dict[str, str],
+                      watch: _Watch | None = None) -> tuple[str, str | None]:
+        """The answer and the id of the rule that gave it (None: no rule, or an error of ours,
+        then logged and counted, answered the default action). The connection's ``watch``
+        enforces the request budget; without one, asyncio.timeout does."""
         action, rule = self.limits.default_action, None
         if attrs.get("request") != "smtpd_access_policy":
             log.warning("not_a_policy_request", request=attrs.get("request", "")[:100])
@@ -229,10 +268,23 @@ class PolicyServer:
             try:
                 engine = self.engine()
                 key, decision = engine.cached(attrs)  # a cached answer needs no budget
-                if decision is None:
+                if decision is None and watch is None:
                     # asyncio.timeout, not wait_for: no extra task per request.
                     async with asyncio.timeout(self.limits.request_budget):
                         decision = await engine.decide(attrs, key)
+                elif decision is None:
+                    watch.configure(self.limits.idle_timeout, self.limits.request_budget)
+                    watch.deciding_since = watch.loop.time()
+                    try:
+                        decision = await engine.decide(attrs, key)
+                    except asyncio.CancelledError:
+                        task = watch.task
+                        if not watch.over_budget or task is None or task.uncancel() > 0:
+                            raise  # cancelled by someone else (shutdown): not ours to swallow
+                        raise TimeoutError from None  # as asyncio.timeout would
+                    finally:
+                        watch.deciding_since = None
+                        watch.over_budget = False
                 action, rule = decision.action, decision.rule_id
             except TimeoutError:
                 log.warning("request_budget_exceeded", budget=self.limits.request_budget,
@@ -246,8 +298,12 @@ class PolicyServer:
             except Exception:
                 log.exception("decision_failed", client=attrs.get("client_address", ""))
                 self._errors("internal").inc()
-        self._latency.observe(self.clock.monotonic() - start)
+        return action, rule
+
+    def _account(self, attrs: dict[str, str], action: str, rule: str | None,
+                 elapsed: float) -> None:
+        self._latency.observe(elapsed)
+        state = attrs.get("protocol_state", "").upper()[:20] or "NONE"
         self._requests(state, action_class(action)).inc()
         if rule is not None:
             self._rule_hits(rule).inc()
-        return action
