@@ -8,9 +8,8 @@ work in flight (bounded by ``grace``), so Postfix never sees a half-answered req
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from postward.core import sd_notify
@@ -50,16 +49,26 @@ class InFlight:
     def count(self) -> int:
         return self._count
 
-    @contextlib.asynccontextmanager
-    async def track(self) -> AsyncIterator[None]:
+    def track(self) -> InFlight:
+        """``with inflight.track():`` around one piece of work (``async with`` works too).
+        A plain context manager, not an asynccontextmanager: entering and leaving one costs
+        a generator and two coroutine steps, and policyd enters one per request."""
+        return self
+
+    def __enter__(self) -> None:
         self._count += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self._count -= 1
-            if self._count == 0:
-                self._idle.set()
+
+    def __exit__(self, *exc: object) -> None:
+        self._count -= 1
+        if self._count == 0:
+            self._idle.set()
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__()
 
     async def drained(self) -> None:
         await self._idle.wait()

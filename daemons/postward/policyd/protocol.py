@@ -190,7 +190,7 @@ class PolicyServer:
                     return
                 if not attrs:
                     continue  # a stray empty line
-                async with self.inflight.track():
+                with self.inflight.track():
                     start = self.clock.monotonic()
                     action, rule = await self._decide(attrs, watch)
                     elapsed = self.clock.monotonic() - start
