@@ -16,7 +16,7 @@ from postward.core.clock import FakeClock
 from postward.core.config_values import HostPort
 from postward.core.dns import NOERROR, NXDOMAIN, TIMEOUT, Answer, Resolver
 from postward.core.metrics import Metrics
-from postward.core.redis_store import RedisStore
+from postward.core.redis_store import RedisStore, client_from_settings
 from postward.core.settings import DnsSettings, RedisSettings
 from tests.testbed.dns_fixtures import (
     CLIENT6_LISTED,
@@ -184,6 +184,7 @@ def test_each_process_keeps_answers_briefly_in_front_of_redis(
     async def scenario() -> list[Answer]:
         try:
             first = await resolver.query(LISTED, "A")
+            await resolver.flush()  # the answer is written to Redis behind the caller's back
             second = await resolver.query(LISTED, "A")  # same process: no Redis round trip
             clock.advance(11)  # past the local TTL: back to Redis (still within the 600 s TTL)
             third = await resolver.query(LISTED, "A")
@@ -249,3 +250,88 @@ def test_a_name_from_a_client_that_cannot_be_looked_up_is_an_error_answer(
 
     for answer in asyncio.run(both()):
         assert not answer.ok and not answer.definite
+
+
+def test_a_listed_names_txt_lookup_skips_the_cache_read_its_a_lookup_just_missed(
+        dns_testbed: DnsTestbed, redis_server: RedisServer) -> None:
+    # A DNSBL's TXT lookup follows its A lookup: when Redis had no A answer for the name a
+    # moment ago, it has no TXT answer either (they are written together), so one MGET serves
+    # both phases; both answers still end up in the shared cache.
+    clock = FakeClock()
+    resolver, metrics = make_resolver(dns_testbed, redis_server, clock)
+
+    async def phases() -> tuple[list[Answer], list[Answer]]:
+        try:
+            a = await resolver.query_many([(LISTED, "A")])
+            return a, await resolver.query_many([(LISTED, "TXT")])
+        finally:
+            await resolver.close()  # waits for the cache writes
+            assert resolver.store is not None
+            await resolver.store.close()
+
+    [a], [txt] = asyncio.run(phases())
+    assert a.records == ("127.0.0.2",) and txt.records[0].startswith("Listed by dnsbl-a")
+    assert metrics.value("postward_test_redis_operations_total", {"op": "dns_cache_get"}) == 1
+    assert metrics.value("postward_test_dns_cache_misses_total", {"type": "TXT"}) == 1
+    r = sync_redis.Redis.from_url(redis_server.url)
+    assert r.exists(f"postward:dns:A:{LISTED}", f"postward:dns:TXT:{LISTED}") == 2
+    r.close()
+
+    # Past the window, a name is read from the shared cache again (here: found there).
+    clock.advance(2)
+    again, metrics2 = make_resolver(dns_testbed, redis_server, clock)
+    [cached] = asyncio.run(ask(again, (LISTED, "TXT")))
+    assert cached.from_cache and cached.records == txt.records
+    assert metrics2.value("postward_test_dns_cache_hits_total", {"type": "TXT"}) == 1
+
+
+def test_answers_come_before_their_cache_write_and_a_failed_write_is_only_counted(
+        dns_testbed: DnsTestbed, redis_server: RedisServer) -> None:
+    names = [f"{'.'.join(reversed(CLIENT_ON_THREE.split('.')))}.{z}"
+             for z in ("dnsbl-a.test", "dnsbl-b.test")]
+    resolver, metrics = make_resolver(dns_testbed, redis_server)
+
+    async def scenario() -> tuple[list[Answer], int]:
+        try:
+            answers = await resolver.query_many([(n, "A") for n in names])
+            # The write is under way, not done: the caller did not wait for Redis' reply.
+            written_before = sync_redis.Redis.from_url(redis_server.url).exists(
+                *(f"postward:dns:A:{n}" for n in names))
+            redis_server.stop()  # ... and now it cannot be
+            return answers, written_before
+        finally:
+            await resolver.close()
+            assert resolver.store is not None
+            await resolver.store.close()
+
+    answers, written_before = asyncio.run(scenario())
+    assert [a.records for a in answers] == [("127.0.0.2",), ("127.0.0.4",)]
+    assert written_before == 0
+    errors = sum(metrics.value("postward_test_redis_errors_total",
+                               {"op": "dns_cache_put", "error": kind})
+                 for kind in ("ConnectionError", "TimeoutError"))
+    assert errors == 1
+
+
+def test_answers_are_written_through_redis_py_too(dns_testbed: DnsTestbed,
+                                                  redis_server: RedisServer) -> None:
+    # Sentinel and TLS set-ups have no fast client: the cache write goes through redis-py.
+    metrics = Metrics("test")
+    settings = RedisSettings(url=redis_server.url, timeout=0.3, connect_timeout=0.3, retries=0)
+    store = RedisStore(client_from_settings(settings), settings.key_prefix, metrics, None)
+    resolver = Resolver(DnsSettings(nameservers=(nameserver(dns_testbed),), timeout=1.0),
+                        metrics, store=store)
+    clean = ".".join(reversed(CLIENT_CLEAN.split("."))) + ".dnsbl-a.test"
+
+    async def lookups() -> list[Answer]:
+        try:
+            return await resolver.query_many([(LISTED, "A"), (clean, "A")])
+        finally:
+            await resolver.close()
+            await store.close()
+
+    assert [a.rcode for a in asyncio.run(lookups())] == [NOERROR, NXDOMAIN]
+    r = sync_redis.Redis.from_url(redis_server.url)
+    assert 0 < r.pttl(f"postward:dns:A:{LISTED}") <= 600_000
+    assert r.exists(f"postward:dns:A:{clean}") == 1
+    r.close()

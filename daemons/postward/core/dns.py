@@ -6,6 +6,13 @@ name" and "no such record" for ``negative_ttl``; failures and timeouts are never
 trouble is an answer (``rcode`` TIMEOUT, SERVFAIL, ...), never an exception: each caller decides
 what a failed lookup means (for a DNSBL: not listed).
 
+Answers from the nameservers are written to Redis behind the caller's back: the caller has its
+answer at once, and the writes of lookups made close together leave in one command. A name the
+shared cache did not have a moment ago is not asked for again (in any type) for
+``ABSENT_FOR`` seconds: a DNSBL's TXT lookup follows its A lookup, and both are written
+together, so the second read could only miss. A wrong guess costs one DNS query, never a wrong
+answer.
+
 The network side is a :class:`Transport`, passed in; tests use the real one against their own
 unbound and rbldnsd, and may pass another where a fault cannot be produced for real.
 """
@@ -13,7 +20,6 @@ unbound and rbldnsd, and may pass another where a fault cannot be produced for r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 from collections import OrderedDict
@@ -26,6 +32,7 @@ from postward.core.config_values import host_port
 from postward.core.logs import get_log
 from postward.core.metrics import Labelled, Metrics
 from postward.core.redis_store import RedisStore, StoreUnavailable
+from postward.core.resp import Script
 from postward.core.settings import DnsSettings
 
 log = get_log("dns")
@@ -37,6 +44,20 @@ RTYPES = ("A", "AAAA", "TXT", "MX", "PTR", "NS", "CNAME")
 NOERROR, NXDOMAIN, NODATA = "NOERROR", "NXDOMAIN", "NODATA"
 TIMEOUT, SERVFAIL, REFUSED, ERROR = "TIMEOUT", "SERVFAIL", "REFUSED", "ERROR"
 _CACHEABLE = {NOERROR, NXDOMAIN, NODATA}
+
+# Seconds a name the shared cache did not have is not asked from it again (see the docstring).
+ABSENT_FOR = 1.0
+# Cache writes waiting for Redis at most (it is slow or down): past this the oldest are dropped.
+MAX_PENDING_WRITES = 10_000
+
+# Writes answers to the cache: one command for a whole batch instead of a SET each (one reply
+# to wait for and parse, where a pipeline costs a future per SET).
+_CACHE_PUT = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[2 * i - 1], 'PX', ARGV[2 * i])
+end
+return #KEYS
+"""
 
 _ARES_RCODES = {
     pycares.errno.ARES_ENOTFOUND: NXDOMAIN,
@@ -181,31 +202,39 @@ class CaresTransport:
         return (await self.query_many([(name, rtype)]))[0]
 
     async def query_many(self, queries: list[tuple[str, str]]) -> list[Answer]:
-        # Futures settled by c-ares callbacks, one deadline for all: no task per lookup.
+        # One future for the batch, settled by the last c-ares callback, and one timer for its
+        # hard stop: no future, task or timeout context per lookup.
         loop = asyncio.get_running_loop()
-        started = [self._start(loop, name, rtype) for name, rtype in queries]
-        answers: list[Answer] = []
-        try:
+        batch = _Batch(loop.create_future(), len(queries))
+        refused: dict[int, Answer] = {}
+        for i, (name, rtype) in enumerate(queries):
+            if (answer := self._start(loop, name, rtype, batch, i)) is not None:
+                refused[i] = answer
+                batch.remaining -= 1
+        if batch.remaining:
+            self._watch_deadline(loop)
             # c-ares has its own timeout; this is the hard stop should it not fire.
-            async with asyncio.timeout(self._budget):
-                for (name, rtype), pending in zip(queries, started, strict=True):
-                    if isinstance(pending, Answer):
-                        answers.append(pending)
-                    else:
-                        result, code = await pending
-                        answers.append(self._answer(name, rtype, result, code))
-        except TimeoutError:
-            answers += [Answer(name, rtype, TIMEOUT) for name, rtype in queries[len(answers):]]
+            timer = loop.call_later(self._budget, batch.expire)
+            try:
+                await batch.done
+            finally:
+                timer.cancel()
+        answers = []
+        for i, (name, rtype) in enumerate(queries):
+            if (answer := refused.get(i)) is None:
+                raw = batch.raw[i]
+                answer = Answer(name, rtype, TIMEOUT) if raw is None else \
+                    self._answer(name, rtype, raw[0], raw[1])
+            answers.append(answer)
         return answers
 
-    def _start(self, loop: asyncio.AbstractEventLoop, name: str,
-               rtype: str) -> asyncio.Future[tuple[Any, int | None]] | Answer:
-        """The query sent, as a future of (result, error code); or its answer already, for a
-        name c-ares refused at once."""
-        done: asyncio.Future[tuple[Any, int | None]] = loop.create_future()
+    def _start(self, loop: asyncio.AbstractEventLoop, name: str, rtype: str, batch: _Batch,
+               index: int) -> Answer | None:
+        """Send the query, its result to land in ``batch`` at ``index``; or its answer at once,
+        for a name c-ares refused."""
         try:
             self._channel_for(loop).query(name, self._TYPE_CODES[rtype],
-                                          callback=functools.partial(_settle, done))
+                                          callback=functools.partial(batch.settle, index))
         except pycares.AresError as e:
             code = e.args[0] if e.args else None
             return Answer(name, rtype, _ARES_RCODES.get(code, ERROR))
@@ -214,8 +243,7 @@ class CaresTransport:
             # a DNS name is an answer too, never an exception in the caller.
             log.info("dns_bad_name", name=name[:100], type=rtype, error=str(e)[:200])
             return Answer(name, rtype, ERROR)
-        self._watch_deadline(loop)
-        return done
+        return None
 
     def _answer(self, name: str, rtype: str, result: Any, code: int | None) -> Answer:
         if code is not None:
@@ -262,11 +290,43 @@ def _is_loopback(nameserver: str) -> bool:
         return False
 
 
-def _settle(done: asyncio.Future[tuple[Any, int | None]], result: Any,
-            code: int | None) -> None:
-    # Done: its caller gave up (cancelled). A closed loop: the channel is being torn down.
-    if not done.done() and not done.get_loop().is_closed():
-        done.set_result((result, code))
+class _Batch:
+    """The results of queries sent together, (result, error code) each, in order; ``done``
+    once every one has come or the hard stop passed."""
+
+    __slots__ = ("done", "raw", "remaining")
+
+    def __init__(self, done: asyncio.Future[None], size: int) -> None:
+        self.done = done
+        self.raw: list[tuple[Any, int | None] | None] = [None] * size
+        self.remaining = size
+
+    def settle(self, index: int, result: Any, code: int | None) -> None:
+        # Done: its caller gave up (cancelled) or the hard stop passed. A closed loop: the
+        # channel is being torn down.
+        done = self.done
+        if done.done() or done.get_loop().is_closed():
+            return
+        self.raw[index] = (result, code)
+        self.remaining -= 1
+        if self.remaining <= 0:
+            done.set_result(None)
+
+    def expire(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)  # the queries not answered yet: TIMEOUT
+
+
+def _count_by_type(counter: Labelled, keys: list[tuple[str, str]]) -> None:
+    """Add each (name, type) key to ``counter`` under its type: one increment per type."""
+    if not keys:
+        return
+    rtype = keys[0][1]
+    if all(key[1] == rtype for key in keys):  # a batch's usual case: one type
+        counter(rtype).inc(len(keys))
+        return
+    for key in keys:
+        counter(key[1]).inc()
 
 
 class Resolver:
@@ -286,6 +346,13 @@ class Resolver:
         self._inflight: dict[tuple[str, str], asyncio.Future[Answer]] = {}
         # A small per-process layer in front of Redis: (name, type) -> (answer, expiry).
         self._local: OrderedDict[tuple[str, str], tuple[Answer, float]] = OrderedDict()
+        # Names the shared cache did not have, until when that is trusted.
+        self._absent: OrderedDict[str, float] = OrderedDict()
+        # Answers not yet written to Redis (key, value, milliseconds to keep), and the task
+        # writing them.
+        self._writes: list[tuple[str, str, int]] = []
+        self._cache_put = Script(_CACHE_PUT)
+        self._writer: asyncio.Task[None] | None = None
         self._queries = Labelled(metrics.counter("dns_queries_total",
                                         "DNS queries sent to nameservers, by type and result",
                                         ["type", "result"]))
@@ -298,6 +365,9 @@ class Resolver:
             "dns_cache_misses_total", "DNS lookups not in the Redis cache", ["type"]))
         self._latency = Labelled(metrics.histogram(
             "dns_query_seconds", "Time for a DNS query to the nameservers", ["type"]))
+        self._writes_dropped = metrics.counter(
+            "dns_cache_writes_dropped_total",
+            "Answers not written to the Redis cache because too many writes were waiting")
 
     def peek(self, name: str, rtype: str) -> Answer | None:
         """The answer from this process's own cache, without waiting; None if not there."""
@@ -334,7 +404,8 @@ class Resolver:
 
     async def query_many(self, queries: list[tuple[str, str]]) -> list[Answer]:
         """Several lookups at once (a rule's DNSBLs): one Redis round trip reads the cache for
-        all of them, the misses go to the nameservers together, one round trip stores them."""
+        all of them, the misses go to the nameservers together, and their answers are written
+        back in one command without waiting for it."""
         keys = [(name.rstrip(".").lower(), rtype) for name, rtype in queries]
         found: dict[tuple[str, str], Answer] = {}
         todo: list[tuple[str, str]] = []
@@ -347,20 +418,23 @@ class Resolver:
             else:
                 todo.append(key)
         if todo and self.store is not None:
-            for key, answer in zip(todo, await self._cache_get_many(todo), strict=True):
-                if answer is not None:
-                    self._hits(key[1]).inc()
-                    found[key] = answer
-                    self._local_put(key, answer)
-                else:
-                    self._misses(key[1]).inc()
+            ask = [key for key in todo if not self._known_absent(key[0])]
+            if ask:
+                for key, answer in zip(ask, await self._cache_get_many(ask), strict=True):
+                    if answer is not None:
+                        self._hits(key[1]).inc()
+                        found[key] = answer
+                        self._local_put(key, answer)
+                    else:
+                        self._note_absent(key[0])
             todo = [key for key in todo if key not in found]
+            _count_by_type(self._misses, todo)
         if todo:
             answers = await self._ask_nameservers_many(todo)
             for key, answer in zip(todo, answers, strict=True):
                 found[key] = answer
                 self._local_put(key, answer)
-            await self._cache_put_many(answers)
+            self._cache_put_many(answers)
         return [found[key] for key in keys]
 
     async def _ask_nameservers(self, name: str, rtype: str) -> Answer:
@@ -371,12 +445,16 @@ class Resolver:
         answers = await self.transport.query_many(queries)
         # Sent together, they are timed together: each takes the batch's time.
         elapsed = self.clock.monotonic() - start
+        outcomes: dict[tuple[str, str], int] = {}
         for answer in answers:
             self._latency(answer.rtype).observe(elapsed)
-            self._queries(answer.rtype, answer.rcode).inc()
+            outcome = (answer.rtype, answer.rcode)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if answer.rcode in (TIMEOUT, SERVFAIL, ERROR):
                 log.info("dns_failure", name=answer.name, type=answer.rtype,
                          result=answer.rcode)
+        for (rtype, rcode), n in outcomes.items():  # one increment per kind, not per answer
+            self._queries(rtype, rcode).inc(n)
         return answers
 
     async def _cache_get_many(self, keys: list[tuple[str, str]]) -> list[Answer | None]:
@@ -389,32 +467,87 @@ class Resolver:
         return [None if raw is None else self._decode(name, rtype, raw)
                 for (name, rtype), raw in zip(keys, raws, strict=True)]
 
-    async def _cache_put_many(self, answers: list[Answer]) -> None:
+    def _cache_put_many(self, answers: list[Answer]) -> None:
+        """Have the cacheable answers written to Redis, without waiting for it."""
         if self.store is None:
             return
-        entries = []
         for answer in answers:
             keep = self._keep_for(answer) if answer.rcode in _CACHEABLE else 0
             if keep > 0:
-                entries.append((self._cache_key(answer.name, answer.rtype),
-                                self._encode(answer, keep), max(1, int(keep * 1000))))
-        if not entries:
+                self._writes.append((self._cache_key(answer.name, answer.rtype),
+                                     self._encode(answer, keep), max(1, int(keep * 1000))))
+        if not self._writes:
             return
+        if len(self._writes) > MAX_PENDING_WRITES:
+            dropped = len(self._writes) - MAX_PENDING_WRITES
+            del self._writes[:dropped]
+            self._writes_dropped.inc(dropped)
+        loop = asyncio.get_running_loop()
+        writer = self._writer
+        if writer is None or writer.done() or writer.get_loop() is not loop:
+            # One writer at a time: what comes while it waits for Redis leaves together next.
+            self._writer = loop.create_task(self._write_behind())
 
-        # A cache that cannot be written is only a slower cache: the answers stand.
-        with contextlib.suppress(StoreUnavailable):
-            await self.store.commands("dns_cache_put", [("SET", key, value, "PX", px)
-                                                        for key, value, px in entries])
+    async def _write_behind(self) -> None:
+        assert self.store is not None
+        while self._writes:
+            batch, self._writes = self._writes, []
+            args: list[str | int] = []
+            for _, value, px in batch:
+                args += (value, px)
+            try:
+                await self.store.evalsha("dns_cache_put", self._cache_put,
+                                         [key for key, _, _ in batch], args)
+            except StoreUnavailable:
+                pass  # counted and logged by the store: a cache not written is only slower
+            except Exception:
+                # Never an unretrieved task exception, never a request failed by a cache.
+                log.exception("dns_cache_write_failed", answers=len(batch))
+
+    async def flush(self) -> None:
+        """Wait until the answers looked up so far are written to the shared cache (or have
+        failed to be)."""
+        writer = self._writer
+        if writer is not None and not writer.done() and \
+                writer.get_loop() is asyncio.get_running_loop():
+            try:
+                await asyncio.shield(writer)
+            except asyncio.CancelledError:
+                if not writer.cancelled():
+                    raise  # we were cancelled, not the writer
+
+    def _known_absent(self, name: str) -> bool:
+        until = self._absent.get(name)
+        if until is None:
+            return False
+        if until > self.clock.time():
+            return True
+        del self._absent[name]
+        return False
+
+    def _note_absent(self, name: str) -> None:
+        s = self.settings
+        if s.local_cache_size <= 0 or s.local_cache_ttl <= 0:
+            return  # no per-process memory of answers: none of their absence either
+        absent = self._absent
+        now = self.clock.time()
+        absent[name] = now + min(ABSENT_FOR, s.local_cache_ttl)
+        absent.move_to_end(name)
+        # Oldest first: drop the expired ones, and any beyond the local cache's size.
+        while absent and (len(absent) > s.local_cache_size or next(iter(absent.values())) <= now):
+            absent.popitem(last=False)
 
     async def _lookup(self, name: str, rtype: str) -> Answer:
-        cached = await self._cache_get(name, rtype)
-        if cached is not None:
-            self._hits(rtype).inc()
-            return cached
         if self.store is not None:
+            if not self._known_absent(name):
+                cached = await self._cache_get(name, rtype)
+                if cached is not None:
+                    self._hits(rtype).inc()
+                    return cached
+                self._note_absent(name)
             self._misses(rtype).inc()
         answer = await self._ask_nameservers(name, rtype)
-        await self._cache_put(answer)
+        self._cache_put_many([answer])
         return answer
 
     def _local_get(self, key: tuple[str, str]) -> Answer | None:
@@ -474,23 +607,14 @@ class Resolver:
             return None
 
     def _encode(self, answer: Answer, keep: float) -> str:
-        return json.dumps({"rcode": answer.rcode, "records": list(answer.records),
-                           "exp": self.clock.time() + keep})
-
-    async def _cache_put(self, answer: Answer) -> None:
-        if self.store is None or answer.rcode not in _CACHEABLE:
-            return
-        keep = self._keep_for(answer)
-        if keep <= 0:
-            return
-        key = self._cache_key(answer.name, answer.rtype)
-        value = self._encode(answer, keep)
-        # A cache that cannot be written is only a slower cache: the answer stands.
-        px = max(1, int(keep * 1000))
-        with contextlib.suppress(StoreUnavailable):
-            await self.store.command("dns_cache_put", "SET", key, value, "PX", px)
+        # What json.dumps of {"rcode", "records", "exp"} gives, without building the dict (a
+        # few per request): the rcode is one of our constants, the float's repr is JSON.
+        records = json.dumps(answer.records) if answer.records else "[]"
+        return f'{{"rcode": "{answer.rcode}", "records": {records}, ' \
+               f'"exp": {float(self.clock.time() + keep)!r}}}'
 
     async def close(self) -> None:
+        await self.flush()
         await self.transport.close()
 
 

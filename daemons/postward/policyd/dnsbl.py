@@ -20,7 +20,7 @@ from typing import Protocol
 from postward.core.dns import Answer
 from postward.core.metrics import Labelled, Metrics
 from postward.policyd import perl
-from postward.policyd.ruleset import LIVE_LIST, Rule, deneg
+from postward.policyd.ruleset import Rule
 
 DEFAULT_ANSWER = r"^127\."
 
@@ -191,20 +191,20 @@ class QueryLabels:
 def _queries(rule: Rule, request: Mapping[str, str]) -> dict[str, tuple[str, str]]:
     """Query name -> (list zone, item type), for every list of the rule that applies."""
     names: dict[str, tuple[str, str]] = {}
-    for key in rule.dnsbl_keys:
-        item = _SUBJECT_ITEM.get(key)
-        if key == "rbl":
-            subject = DnsblResults.subject("rbl", request)
-        elif request.get(item or "", "") == _UNUSABLE.get(item or ""):
-            continue
-        else:
-            subject = request.get(item or "", "")
-        for cond in rule.items[key]:
-            if LIVE_LIST.match(cond.value):
-                continue
-            zone = parse_spec(deneg(cond.value) or cond.value).zone.lower()
-            if zone and subject:
-                names.setdefault(f"{subject}.{zone}".lower(), (zone, key))
+    subjects: dict[str, str] = {}
+    for key, zone in rule.dnsbl_zones:
+        subject = subjects.get(key)
+        if subject is None:
+            item = _SUBJECT_ITEM.get(key)
+            if key == "rbl":
+                subject = DnsblResults.subject("rbl", request)
+            elif request.get(item or "", "") == _UNUSABLE.get(item or ""):
+                subject = ""
+            else:
+                subject = request.get(item or "", "")
+            subjects[key] = subject
+        if subject:
+            names.setdefault(f"{subject}.{zone}".lower(), (zone, key))
     return names
 
 
@@ -222,7 +222,7 @@ async def run_dnsbl_queries(dns: DnsLookups, rule: Rule, request: Mapping[str, s
         for name, (_, key) in names.items():
             results.labels[name] = labels.label(name, key, now)
 
-    def take_a(name: str, answer: Answer) -> None:
+    for name, answer in await _phase(dns, "A", list(names), budget, results):
         zone = names[name][0]
         if metrics is not None:
             metrics.queries(zone).inc()
@@ -234,35 +234,43 @@ async def run_dnsbl_queries(dns: DnsLookups, rule: Rule, request: Mapping[str, s
             results.complete = False
         results.a[name] = list(answer.records) if answer.ok else []
 
-    def take_txt(name: str, answer: Answer) -> None:
-        if not answer.definite:
-            results.complete = False
-        if answer.ok:
-            # postfwd keeps the last TXT record and turns commas into spaces (for set()).
-            results.txt[name] = answer.records[-1].replace(",", " ")
-
-    async def phase(rtype: str, wanted: list[str], take) -> None:  # type: ignore[no-untyped-def]
-        missing = []
-        for name in wanted:  # answers in this process's cache: no waiting at all
-            answer = dns.peek(name, rtype)
-            if answer is None:
-                missing.append(name)
-            else:
-                take(name, answer)
-        if not missing:
-            return
-        try:
-            async with asyncio.timeout(budget):
-                answers = await dns.query_many([(name, rtype) for name in missing])
-        except TimeoutError:  # past the budget: not listed
-            results.complete = False
-            answers = [Answer(name, rtype, "TIMEOUT") for name in missing]
-        for name, answer in zip(missing, answers, strict=True):
-            take(name, answer)
-
-    await phase("A", list(names), take_a)
-    await phase("TXT", [n for n in names if results.a.get(n)], take_txt)
+    listed = [name for name in names if results.a.get(name)]
+    if listed:
+        for name, answer in await _phase(dns, "TXT", listed, budget, results):
+            if not answer.definite:
+                results.complete = False
+            if answer.ok:
+                # postfwd keeps the last TXT record and turns commas into spaces (for set()).
+                results.txt[name] = answer.records[-1].replace(",", " ")
     return results
+
+
+async def _phase(dns: DnsLookups, rtype: str, wanted: list[str], budget: float | None,
+                 results: DnsblResults) -> list[tuple[str, Answer]]:
+    """The answers of type ``rtype`` for ``wanted``: those in this process's cache without
+    waiting, the others asked all at once, within ``budget``."""
+    got: list[tuple[str, Answer]] = []
+    missing = []
+    for name in wanted:
+        answer = dns.peek(name, rtype)
+        if answer is None:
+            missing.append(name)
+        else:
+            got.append((name, answer))
+    if not missing:
+        return got
+    queries = [(name, rtype) for name in missing]
+    try:
+        if budget is None:  # no timer to set: the resolver's own timeout and the caller's
+            answers = await dns.query_many(queries)
+        else:
+            async with asyncio.timeout(budget):
+                answers = await dns.query_many(queries)
+    except TimeoutError:  # past the budget: not listed
+        results.complete = False
+        answers = [Answer(name, rtype, "TIMEOUT") for name in missing]
+    got.extend(zip(missing, answers, strict=True))
+    return got
 
 
 async def dns_item_values(dns: DnsLookups, key: str, item: str) -> list[str]:

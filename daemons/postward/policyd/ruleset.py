@@ -16,6 +16,7 @@ dropped): those are load errors naming the file and line, so the daemon refuses 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,9 +73,26 @@ class Rule:
     path: str = ""
     line: int = 0
 
-    @property
-    def dnsbl_keys(self) -> list[str]:
-        return [k for k in DNSBL_KEYS if k in self.items] if self.items else []
+    # Both cached: read per request, and a rule's items do not change once it is parsed.
+    @functools.cached_property
+    def dnsbl_keys(self) -> tuple[str, ...]:
+        return tuple(k for k in DNSBL_KEYS if k in self.items)
+
+    @functools.cached_property
+    def dnsbl_zones(self) -> tuple[tuple[str, str], ...]:
+        """(item type, list zone) of every list the rule looks up (not live lists), in order;
+        the zone in lower case, negated values (``!!zone``) by their inside."""
+        from postward.policyd.dnsbl import parse_spec  # dnsbl imports this module
+
+        zones = []
+        for key in self.dnsbl_keys:
+            for cond in self.items[key]:
+                if LIVE_LIST.match(cond.value):
+                    continue
+                zone = parse_spec(deneg(cond.value) or cond.value).zone.lower()
+                if zone:
+                    zones.append((key, zone))
+        return tuple(zones)
 
     def show(self) -> str:
         """The rule as ``postfwd -C`` prints it."""
