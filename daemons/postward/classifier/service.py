@@ -81,7 +81,7 @@ class Classifier:
         self.clock = clock
         self._memos: dict[Counts, dict[tuple[int, int], Evidence]] = {}
 
-    def _memo(self, totals: Counts) -> dict[tuple[int, int], Evidence]:
+    def _evidence_memo(self, totals: Counts) -> dict[tuple[int, int], Evidence]:
         """The evidence memo for these totals (valid for them and this classifier's model
         settings, which never change: a reload builds a new Classifier)."""
         memo = self._memos.get(totals)
@@ -102,7 +102,7 @@ class Classifier:
         tokens, digests = self.tokens(message)
         found = await self.store.lookup(model, digests)
         verdict = classify(tokens, found.hits, found.totals, self.model,
-                           self._memo(found.totals))
+                           self._evidence_memo(found.totals))
         filed_as = SPAM if verdict.result == SPAM else INNOCENT
         should_learn = learn and verdict.result != UNSURE and (
             mode == "teft" or (mode == "tum" and found.user_totals.ham < TUM_MATURE_INNOCENT))
