@@ -758,12 +758,15 @@ class LoadRun:
         return self.redis_cpu / self.count * 1e3 if self.count else 0.0
 
 
-def postward_requests(messages: Sequence[Message], mode: str) -> list[bytes]:
-    """PROCESS requests as postward-filter sends them (encoded beforehand)."""
+def postward_requests(messages: Sequence[Message], mode: str,
+                      users: str = "user") -> list[bytes]:
+    """PROCESS requests as postward-filter sends them (encoded beforehand), for 50 users
+    ``<users>0@bench.test`` ... ``<users>49@bench.test``."""
     out = []
     for i, m in enumerate(messages):
-        fields = [("user", f"user{i % 50}@bench.test"), ("sender", "sender@example.test"),
-                  ("recipient", f"user{i % 50}@bench.test"), ("mode", mode)]
+        user = f"{users}{i % 50}@bench.test"
+        fields = [("user", user), ("sender", "sender@example.test"),
+                  ("recipient", user), ("mode", mode)]
         out.append(encode_request("PROCESS", fields, m.data) + m.data)
     return out
 
