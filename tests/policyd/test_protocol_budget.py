@@ -100,7 +100,9 @@ def test_a_shutdown_during_a_decision_is_not_taken_for_the_budget(tmp_path: Path
         a, b = await open_pair()
         handler = asyncio.create_task(server.handle(*a))
         b[1].write(SLOW)
-        await asyncio.sleep(0.2)  # the decision is under way (wait(30))
+        async with asyncio.timeout(HANG_GUARD):
+            while server.inflight.count == 0:  # until the decision is under way (wait(30))
+                await asyncio.sleep(0.005)
         handler.cancel()
         try:
             await asyncio.wait_for(handler, HANG_GUARD)
