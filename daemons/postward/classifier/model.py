@@ -228,28 +228,18 @@ def classify(tokens: Sequence[str], hits: Sequence[tuple[int, int]], totals: Cou
 
 def _learn_evidence(pairs: Iterable[tuple[int, int]], totals: Counts, settings: ModelSettings,
                     memo: dict[tuple[int, int], Evidence]) -> None:
-    """Each count pair's :data:`Evidence` into ``memo``: token_probability() inlined (the
-    same operations in the same order), and combine()'s logarithms."""
-    robs, robx, min_dev = settings.robs, settings.robx, settings.min_dev
-    prior = robs * robx
-    total_spam, total_ham = totals.spam, totals.ham
-    no_totals = total_spam == 0 or total_ham == 0
-    log = math.log
+    """Each count pair's :data:`Evidence` into ``memo``: token_probability() and combine()'s
+    logarithms, once per pair (the memo makes the calls rare: a stream of messages meets a
+    few thousand distinct pairs)."""
+    min_dev = settings.min_dev
     for counts in pairs:
         spam_hits, ham_hits = counts
-        n = spam_hits + ham_hits
         entry: Evidence = None
-        if n > 0:   # a token never seen is no evidence, whatever its f
-            if no_totals:
-                p = robx
-            else:
-                spam_ratio = spam_hits / total_spam
-                ham_ratio = ham_hits / total_ham
-                p = spam_ratio / (spam_ratio + ham_ratio)
-            f = (prior + n * p) / (robs + n)
+        if spam_hits + ham_hits > 0:   # a token never seen is no evidence, whatever its f
+            f = token_probability(spam_hits, ham_hits, totals, settings)
             deviation = abs(f - 0.5)
             if deviation >= min_dev:
-                entry = (-deviation, f, log(max(1e-200, 1.0 - f)), log(max(1e-200, f)))
+                entry = (-deviation, f, _log_floor(1.0 - f), _log_floor(f))
         memo[counts] = entry
 
 
