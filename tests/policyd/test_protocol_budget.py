@@ -40,6 +40,15 @@ async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reques
     return await asyncio.wait_for(reader.readuntil(b"\n\n"), HANG_GUARD)
 
 
+async def connect(server: PolicyServer) -> tuple[asyncio.Server, asyncio.StreamReader,
+                                                  asyncio.StreamWriter]:
+    """``server`` listening on a loopback port, and a client connected to it."""
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    return listener, reader, writer
+
+
 def budget_errors(metrics: Metrics) -> float:
     return metrics.value(BUDGET, {"kind": "budget"})
 
@@ -48,9 +57,7 @@ def test_a_decision_past_the_budget_gets_the_default_and_the_connection_goes_on(
         tmp_path: Path) -> None:
     async def body() -> None:
         server, metrics = make_server(tmp_path, budget=0.3)
-        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-        port = listener.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        listener, reader, writer = await connect(server)
         assert await ask(reader, writer, SLOW) == f"action={DEFAULT}\n\n".encode()
         assert budget_errors(metrics) == 1
         # The same connection: a fast request is answered by its rule, a slow one cut again.
@@ -71,9 +78,7 @@ def test_a_decision_past_the_budget_gets_the_default_and_the_connection_goes_on(
 def test_a_budget_lowered_by_a_reload_applies_to_open_connections(tmp_path: Path) -> None:
     async def body() -> None:
         server, metrics = make_server(tmp_path, budget=60)
-        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-        port = listener.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        listener, reader, writer = await connect(server)
         assert await ask(reader, writer, FAST) == b"action=REJECT go away\n\n"
         server.limits = dataclasses.replace(server.limits, request_budget=0.3)  # as reload()
         assert await ask(reader, writer, SLOW) == f"action={DEFAULT}\n\n".encode()
