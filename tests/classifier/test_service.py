@@ -20,6 +20,7 @@ from postward.core.clock import FakeClock
 from postward.core.metrics import Metrics
 from postward.core.redis_store import RedisStore, StoreUnavailable
 from postward.core.settings import RedisSettings
+from tests.testbed.net import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -192,7 +193,9 @@ def _children(pid: int) -> list[int]:
 def test_workers_share_the_socket_and_the_models(make_classifierd, redis_server) -> None:  # type: ignore[no-untyped-def]
     daemon = make_classifierd(redis_url=redis_server.url, delivery_agent="/bin/true",
                               extra="workers = 2\n")
-    workers = _children(daemon.process.pid)
+    # The supervisor binds the socket (which the fixture waits for) before it forks: poll.
+    workers = wait_until(lambda: [w for w in [_children(daemon.process.pid)] if len(w) >= 2],
+                         what="two classifierd workers")[0]
     assert len(workers) == 2
     path = str(daemon.socket_path)
     assert oct(daemon.socket_path.stat().st_mode & 0o777) == "0o666"   # socket_mode
